@@ -1,0 +1,24 @@
+//! smart-fhir-edge: SMART on FHIR authorization at the edge.
+//!
+//! The crate is a **pure core** and a **thin adapter**:
+//!
+//! * the core (every module but [`adapter`]) never talks to the host. It takes time, headers,
+//!   properties and callout answers as parameters and returns decisions as values, so it is unit
+//!   tested natively with `cargo test`;
+//! * [`adapter`] is the only code that calls the proxy-wasm host (Envoy). It turns host events into
+//!   core calls and core decisions into host actions.
+
+pub mod authz;
+pub mod claims;
+pub mod config;
+pub mod denial;
+pub mod fhir;
+pub mod jwks;
+pub mod outcome;
+pub mod scope;
+pub mod token;
+
+pub mod adapter;
+
+/// Version stamped on every response (`x-smart-fhir-edge`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
