@@ -24,13 +24,20 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: field `{}`: {}", self.field, self.message)
+        write!(
+            f,
+            "invalid configuration: field `{}`: {}",
+            self.field, self.message
+        )
     }
 }
 
@@ -272,9 +279,20 @@ fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError 
     let path = e.path().to_string();
     let inner = e.into_inner();
     let msg = inner.to_string();
-    let mut field = if path.is_empty() || path == "." { "(root)".to_string() } else { path };
-    if let Some(key) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-        field = if field == "(root)" { key.to_string() } else { format!("{field}.{key}") };
+    let mut field = if path.is_empty() || path == "." {
+        "(root)".to_string()
+    } else {
+        path
+    };
+    if let Some(key) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        field = if field == "(root)" {
+            key.to_string()
+        } else {
+            format!("{field}.{key}")
+        };
     }
     ConfigError::new(field, format!("not valid for this filter: {msg}"))
 }
@@ -286,7 +304,10 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, ConfigError> {
 fn timeout(v: Option<u64>, field: String) -> Result<u64, ConfigError> {
     let t = v.unwrap_or(DEFAULT_TIMEOUT_MS);
     if t == 0 || t > MAX_TIMEOUT_MS {
-        return Err(ConfigError::new(field, format!("must be between 1 and {MAX_TIMEOUT_MS}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+        ));
     }
     Ok(t)
 }
@@ -345,7 +366,10 @@ impl RawConfig {
         }
 
         let public_paths = self.public_paths.unwrap_or_else(|| {
-            vec![format!("{fhir_base}/metadata"), format!("{fhir_base}/.well-known/smart-configuration")]
+            vec![
+                format!("{fhir_base}/metadata"),
+                format!("{fhir_base}/.well-known/smart-configuration"),
+            ]
         });
         for (i, p) in public_paths.iter().enumerate() {
             if !p.starts_with('/') || p.contains(['?', '#', '%']) {
@@ -358,12 +382,18 @@ impl RawConfig {
 
         let max_token_bytes = self.max_token_bytes.unwrap_or(16 * 1024);
         if !(256..=64 * 1024).contains(&max_token_bytes) {
-            return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
+            return Err(ConfigError::new(
+                "max_token_bytes",
+                "must be between 256 and 65536",
+            ));
         }
 
         let realm = self.realm.unwrap_or_else(|| "smart-fhir-edge".to_string());
         if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
-            return Err(ConfigError::new("realm", "must be non-empty, without quotes, backslashes or control characters"));
+            return Err(ConfigError::new(
+                "realm",
+                "must be non-empty, without quotes, backslashes or control characters",
+            ));
         }
 
         let patient_claim = self.patient_claim.unwrap_or_else(|| "patient".to_string());
@@ -411,7 +441,11 @@ impl RawProvider {
             ));
         }
 
-        let sources = [self.remote_jwks.is_some(), self.local_jwks.is_some(), self.discovery.is_some()];
+        let sources = [
+            self.remote_jwks.is_some(),
+            self.local_jwks.is_some(),
+            self.discovery.is_some(),
+        ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(ConfigError::new(
                 at,
@@ -426,7 +460,11 @@ impl RawProvider {
                 uri,
                 cluster: cluster(r.cluster, f("cluster"))?,
                 timeout_ms: timeout(r.timeout_ms, f("timeout_ms"))?,
-                cache_duration_s: positive(r.cache_duration_s, DEFAULT_CACHE_DURATION_S, f("cache_duration_s"))?,
+                cache_duration_s: positive(
+                    r.cache_duration_s,
+                    DEFAULT_CACHE_DURATION_S,
+                    f("cache_duration_s"),
+                )?,
                 min_refetch_interval_s: positive(
                     r.min_refetch_interval_s,
                     DEFAULT_MIN_REFETCH_S,
@@ -448,7 +486,11 @@ impl RawProvider {
                 uri,
                 cluster: cluster(d.cluster, f("cluster"))?,
                 timeout_ms: timeout(d.timeout_ms, f("timeout_ms"))?,
-                cache_duration_s: positive(d.cache_duration_s, DEFAULT_CACHE_DURATION_S, f("cache_duration_s"))?,
+                cache_duration_s: positive(
+                    d.cache_duration_s,
+                    DEFAULT_CACHE_DURATION_S,
+                    f("cache_duration_s"),
+                )?,
                 min_refetch_interval_s: positive(
                     d.min_refetch_interval_s,
                     DEFAULT_MIN_REFETCH_S,
@@ -460,7 +502,12 @@ impl RawProvider {
             let text = match self.local_jwks {
                 Some(serde_json::Value::String(s)) => s,
                 Some(v @ serde_json::Value::Object(_)) => v.to_string(),
-                _ => return Err(ConfigError::new(field, "must be a JWKS object or a string holding one")),
+                _ => {
+                    return Err(ConfigError::new(
+                        field,
+                        "must be a JWKS object or a string holding one",
+                    ))
+                }
             };
             KeySource::Local(text)
         };
@@ -475,7 +522,10 @@ impl RawProvider {
                     if !SUPPORTED_ALGORITHMS.contains(&a.as_str()) {
                         return Err(ConfigError::new(
                             format!("{at}.algorithms[{j}]"),
-                            format!("`{a}` is not supported (supported: {})", SUPPORTED_ALGORITHMS.join(", ")),
+                            format!(
+                                "`{a}` is not supported (supported: {})",
+                                SUPPORTED_ALGORITHMS.join(", ")
+                            ),
                         ));
                     }
                 }
@@ -484,10 +534,19 @@ impl RawProvider {
         };
 
         if self.max_lifetime_s == Some(0) {
-            return Err(ConfigError::new(format!("{at}.max_lifetime_s"), "must be greater than 0"));
+            return Err(ConfigError::new(
+                format!("{at}.max_lifetime_s"),
+                "must be greater than 0",
+            ));
         }
 
-        Ok(Provider { issuer, audiences, keys, algorithms, max_lifetime_s: self.max_lifetime_s })
+        Ok(Provider {
+            issuer,
+            audiences,
+            keys,
+            algorithms,
+            max_lifetime_s: self.max_lifetime_s,
+        })
     }
 }
 
@@ -495,15 +554,24 @@ impl RawOperation {
     fn validate(self, at: &str) -> Result<OperationRule, ConfigError> {
         let name = required(self.name, &format!("{at}.name"))?;
         let bare = name.strip_prefix('$').unwrap_or(&name);
-        if bare.is_empty() || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ConfigError::new(format!("{at}.name"), "must be an operation name like $validate"));
+        if bare.is_empty()
+            || !bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "must be an operation name like $validate",
+            ));
         }
         let levels: BTreeSet<OperationLevel> = match self.levels {
             Some(l) if l.is_empty() => {
                 return Err(ConfigError::new(format!("{at}.levels"), "must not be empty"))
             }
             Some(l) => l.into_iter().collect(),
-            None => [OperationLevel::Type, OperationLevel::Instance].into_iter().collect(),
+            None => [OperationLevel::Type, OperationLevel::Instance]
+                .into_iter()
+                .collect(),
         };
         let permissions = required(self.permissions, &format!("{at}.permissions"))?;
         let order = "cruds";
@@ -559,7 +627,9 @@ mod tests {
         assert_eq!(c.fhir_base, "/fhir");
         assert_eq!(c.clock_skew_s, 60);
         assert_eq!(c.providers.len(), 1);
-        let KeySource::Remote(r) = &c.providers[0].keys else { panic!("remote expected") };
+        let KeySource::Remote(r) = &c.providers[0].keys else {
+            panic!("remote expected")
+        };
         assert_eq!(r.cluster, "idp");
         assert_eq!(r.uri.authority, "idp.example.org");
         assert_eq!(r.uri.path, "/jwks");
@@ -576,7 +646,10 @@ mod tests {
         v["fhir_base"] = "/r4/".into();
         let c = parse(&v).unwrap();
         assert_eq!(c.fhir_base, "/r4");
-        assert_eq!(c.public_paths, vec!["/r4/metadata", "/r4/.well-known/smart-configuration"]);
+        assert_eq!(
+            c.public_paths,
+            vec!["/r4/metadata", "/r4/.well-known/smart-configuration"]
+        );
     }
 
     #[test]
@@ -589,19 +662,36 @@ mod tests {
             ("providers", |v| v["providers"] = serde_json::json!([])),
             ("surprise", |v| v["surprise"] = 1.into()),
             ("shoe_size", |v| v["providers"][0]["shoe_size"] = 1.into()),
-            ("providers[0].issuer", |v| v["providers"][0]["issuer"] = "idp".into()),
-            ("providers[0].audiences", |v| v["providers"][0]["audiences"] = serde_json::json!([])),
-            ("providers[0].remote_jwks.uri", |v| v["providers"][0]["remote_jwks"]["uri"] = "ftp://x/y".into()),
-            ("providers[0].remote_jwks.cluster", |v| {
-                v["providers"][0]["remote_jwks"].as_object_mut().unwrap().remove("cluster");
+            ("providers[0].issuer", |v| {
+                v["providers"][0]["issuer"] = "idp".into()
             }),
-            ("providers[0].remote_jwks.timeout_ms", |v| v["providers"][0]["remote_jwks"]["timeout_ms"] = 0.into()),
+            ("providers[0].audiences", |v| {
+                v["providers"][0]["audiences"] = serde_json::json!([])
+            }),
+            ("providers[0].remote_jwks.uri", |v| {
+                v["providers"][0]["remote_jwks"]["uri"] = "ftp://x/y".into()
+            }),
+            ("providers[0].remote_jwks.cluster", |v| {
+                v["providers"][0]["remote_jwks"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cluster");
+            }),
+            ("providers[0].remote_jwks.timeout_ms", |v| {
+                v["providers"][0]["remote_jwks"]["timeout_ms"] = 0.into()
+            }),
             ("providers[0].remote_jwks.cache_duration_s", |v| {
                 v["providers"][0]["remote_jwks"]["cache_duration_s"] = 0.into()
             }),
-            ("providers[0].algorithms[1]", |v| v["providers"][0]["algorithms"] = serde_json::json!(["RS256", "HS256"])),
-            ("providers[0].algorithms[0]", |v| v["providers"][0]["algorithms"] = serde_json::json!(["none"])),
-            ("providers[0]", |v| v["providers"][0]["local_jwks"] = serde_json::json!({"keys": []})),
+            ("providers[0].algorithms[1]", |v| {
+                v["providers"][0]["algorithms"] = serde_json::json!(["RS256", "HS256"])
+            }),
+            ("providers[0].algorithms[0]", |v| {
+                v["providers"][0]["algorithms"] = serde_json::json!(["none"])
+            }),
+            ("providers[0]", |v| {
+                v["providers"][0]["local_jwks"] = serde_json::json!({"keys": []})
+            }),
             ("providers[1].issuer", |v| {
                 let p = v["providers"][0].clone();
                 v["providers"].as_array_mut().unwrap().push(p);
@@ -616,8 +706,12 @@ mod tests {
             ("operations[0].permissions", |v| {
                 v["operations"] = serde_json::json!([{"name": "$lastn", "permissions": "sr"}])
             }),
-            ("operations[0].name", |v| v["operations"] = serde_json::json!([{"name": "$", "permissions": "s"}])),
-            ("smart_configuration", |v| v["smart_configuration"] = serde_json::json!([1])),
+            ("operations[0].name", |v| {
+                v["operations"] = serde_json::json!([{"name": "$", "permissions": "s"}])
+            }),
+            ("smart_configuration", |v| {
+                v["smart_configuration"] = serde_json::json!([1])
+            }),
         ];
         for (field, edit) in cases {
             let mut v = minimal();
@@ -639,7 +733,10 @@ mod tests {
 
     #[test]
     fn local_jwks_accepts_object_or_string() {
-        for jwks in [serde_json::json!({"keys": []}), serde_json::json!("{\"keys\": []}")] {
+        for jwks in [
+            serde_json::json!({"keys": []}),
+            serde_json::json!("{\"keys\": []}"),
+        ] {
             let mut v = minimal();
             let p = v["providers"][0].as_object_mut().unwrap();
             p.remove("remote_jwks");
@@ -654,16 +751,24 @@ mod tests {
         let mut v = minimal();
         let p = v["providers"][0].as_object_mut().unwrap();
         p.remove("remote_jwks");
-        p.insert("discovery".into(), serde_json::json!({"cluster": "idp", "document": "smart-configuration"}));
+        p.insert(
+            "discovery".into(),
+            serde_json::json!({"cluster": "idp", "document": "smart-configuration"}),
+        );
         let c = parse(&v).unwrap();
-        let KeySource::Discovery(d) = &c.providers[0].keys else { panic!("discovery expected") };
+        let KeySource::Discovery(d) = &c.providers[0].keys else {
+            panic!("discovery expected")
+        };
         assert_eq!(d.uri.path, "/.well-known/smart-configuration");
     }
 
     #[test]
     fn http_uri_splits_authority_and_path() {
         let u = HttpUri::parse("http://127.0.0.1:8080/a/b?c=d").unwrap();
-        assert_eq!((u.authority.as_str(), u.path.as_str()), ("127.0.0.1:8080", "/a/b?c=d"));
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("127.0.0.1:8080", "/a/b?c=d")
+        );
         assert_eq!(HttpUri::parse("https://h").unwrap().path, "/");
         for bad in ["h/p", "https://", "https://u@h/", "https://h/a b", "file:///x"] {
             assert!(HttpUri::parse(bad).is_err(), "{bad}");
@@ -673,7 +778,8 @@ mod tests {
     #[test]
     fn operations_default_to_type_and_instance_levels() {
         let mut v = minimal();
-        v["operations"] = serde_json::json!([{"name": "lastn", "resource_types": ["Observation"], "permissions": "rs"}]);
+        v["operations"] =
+            serde_json::json!([{"name": "lastn", "resource_types": ["Observation"], "permissions": "rs"}]);
         let c = parse(&v).unwrap();
         assert_eq!(c.operations[0].name, "$lastn");
         assert!(c.operations[0].levels.contains(&OperationLevel::Type));

@@ -68,7 +68,11 @@ pub enum Interaction {
     /// `GET [base]/[type]/[id]`
     Read { resource_type: String, id: String },
     /// `GET [base]/[type]/[id]/_history/[vid]`
-    Vread { resource_type: String, id: String, version_id: String },
+    Vread {
+        resource_type: String,
+        id: String,
+        version_id: String,
+    },
     /// `PUT [base]/[type]/[id]`
     Update { resource_type: String, id: String },
     /// `PUT [base]/[type]?[search]`

@@ -23,6 +23,10 @@ pub enum ClassifyError {
 use super::FhirRequest;
 
 /// Classifies a request (stub until the classifier lands).
-pub fn classify(_method: &str, _path_and_query: &str, _fhir_base: &str) -> Result<FhirRequest, ClassifyError> {
+pub fn classify(
+    _method: &str,
+    _path_and_query: &str,
+    _fhir_base: &str,
+) -> Result<FhirRequest, ClassifyError> {
     Err(ClassifyError::UnsupportedPath("classification not built yet"))
 }
