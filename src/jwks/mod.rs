@@ -1,1 +1,3 @@
-//! (in progress)
+//! JSON Web Key Sets: parsing (in progress) and the fetch lifecycle ([`cache`]).
+
+pub mod cache;
