@@ -347,7 +347,7 @@ pub fn issue_for_status(status: u16, code_details: Option<&str>, source: ErrorSo
                 "Access denied by the external authorization service"
             } else if details.contains("payload_too_large") || status == 413 {
                 "The request body is too large"
-            } else if details.contains("header") && status == 431 || status == 431 {
+            } else if status == 431 || details.contains("headers_too_large") {
                 "The request headers are too large"
             } else if details.contains("reset") || details.contains("connection_failure") {
                 "The connection to the FHIR server failed"
