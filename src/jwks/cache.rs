@@ -230,11 +230,19 @@ impl<K> KeyManager<K> {
             .fold(0, u64::wrapping_add)
     }
 
-    /// Whether a fetch for the provider is in flight or due (a waiting request may still be served).
+    /// Whether a fetch for the provider is in flight or due, so a waiting request may still be
+    /// served: a callout is in flight, a refetch is due, or there never were keys and no fetch has
+    /// failed yet (the first fetch happens on the first tick, possibly on another worker).
     pub fn fetch_pending(&self, provider: usize) -> bool {
-        self.providers
-            .get(provider)
-            .is_some_and(|p| p.plan.is_some() && (p.in_flight != InFlight::None || p.refetch_due))
+        self.providers.get(provider).is_some_and(|p| {
+            p.plan.is_some()
+                && (p.in_flight != InFlight::None || p.refetch_due || (p.keys.is_none() && p.failures == 0))
+        })
+    }
+
+    /// The key set in use for a provider, borrowed.
+    pub fn key_set_ref(&self, provider: usize) -> Option<&K> {
+        self.providers.get(provider).and_then(|p| p.keys.as_deref())
     }
 
     /// Seconds since the provider's keys were fetched (`None` without keys or for inline keys).
@@ -604,6 +612,10 @@ mod tests {
     fn fetches_on_first_poll_and_adopts_the_keys() {
         let (mut store, mut m) = (Store::default(), vm("w0"));
         assert!(m.keys(0).is_none());
+        assert!(
+            m.fetch_pending(0),
+            "requests before the first tick wait for the first fetch"
+        );
         let (fetches, _) = m.poll(T0, &mut store);
         assert_eq!(
             fetches,
@@ -758,6 +770,10 @@ mod tests {
         let (mut a, mut b) = (vm("w0"), vm("w1"));
         a.poll(T0, &mut store);
         a.on_answer(0, FetchAnswer::Failed, T0, &mut store);
+        assert!(
+            !a.fetch_pending(0),
+            "after a failure, requests are answered 503 at once"
+        );
         assert!(b.poll(T0 + 500, &mut store).0.is_empty(), "backoff is shared");
         assert_eq!(b.poll(T0 + 2_000, &mut store).0.len(), 1);
     }
