@@ -1071,6 +1071,32 @@ mod tests {
     }
 
     #[test]
+    fn reads_every_r4_type_by_its_exact_name_only() {
+        for name in crate::fhir::resource_types::all() {
+            let path = format!("/fhir/{name}/1");
+            let expected = I::Read {
+                resource_type: s(name),
+                id: s("1"),
+            };
+            assert_eq!(classify("GET", &path, "/fhir").unwrap().interaction, expected);
+            for other in [name.to_lowercase(), name.to_uppercase()] {
+                let path = format!("/fhir/{other}/1");
+                assert_eq!(
+                    classify("GET", &path, "/fhir"),
+                    Err(ClassifyError::UnknownResourceType),
+                    "{path}"
+                );
+            }
+            let compartment_path = format!("/fhir/Patient/p1/{name}");
+            let expected = compartment("Patient", "p1", Some(name), false);
+            assert_eq!(
+                classify("GET", &compartment_path, "/fhir").unwrap().interaction,
+                expected
+            );
+        }
+    }
+
+    #[test]
     fn describes_refusals_without_echoing_the_request() {
         let secret = "/fhir/Patient/secret-value%00";
         let err = classify("GET", secret, "/fhir").unwrap_err();
