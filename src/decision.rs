@@ -315,14 +315,11 @@ impl Engine {
             set_headers.push(("x-smart-encounter", e.clone()));
         }
         set_headers.retain(|(_, v)| is_header_value_safe(v));
+        // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
         let new_path = authorized.append_query.as_ref().map(|(name, value)| {
-            let sep = if query.is_empty() { "?" } else { "&" };
-            format!(
-                "{}{sep}{}={}",
-                req.path,
-                fhir::query::encode_component(name),
-                fhir::query::encode_component(value)
-            )
+            let mut q = request.query.clone();
+            q.push(fhir::SearchParam::new(name, &[value.as_str()]));
+            format!("{path}?{}", q.to_query_string())
         });
         Decision::Allow(Allowed {
             set_headers,
