@@ -17,6 +17,7 @@
 //! an error. A malformed granular scope is dropped whole: it is never widened into its unconstrained
 //! form.
 
+use crate::fhir::resource_types::is_resource_type;
 use crate::fhir::{Query, SearchParam};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -247,7 +248,7 @@ impl Scope {
         let (resource, perms) = head.split_once('.')?;
         let resource_type = match resource {
             "*" => None,
-            t if is_r4_resource_type(t) => Some(t.to_string()),
+            t if is_resource_type(t) => Some(t.to_string()),
             _ => return None,
         };
         let v1 = match perms {
@@ -460,163 +461,6 @@ impl GrantedScopes {
     }
 }
 
-/// Whether `name` is an R4 resource type (case-sensitive).
-///
-/// SWAP: private copy until `crate::fhir::resource_types` lands; replace with its lookup.
-pub(crate) fn is_r4_resource_type(name: &str) -> bool {
-    R4_RESOURCE_TYPES.binary_search(&name).is_ok()
-}
-
-/// The 146 R4 (4.0.1) resource types, sorted (abstract `Resource` and `DomainResource` excluded).
-const R4_RESOURCE_TYPES: &[&str] = &[
-    "Account",
-    "ActivityDefinition",
-    "AdverseEvent",
-    "AllergyIntolerance",
-    "Appointment",
-    "AppointmentResponse",
-    "AuditEvent",
-    "Basic",
-    "Binary",
-    "BiologicallyDerivedProduct",
-    "BodyStructure",
-    "Bundle",
-    "CapabilityStatement",
-    "CarePlan",
-    "CareTeam",
-    "CatalogEntry",
-    "ChargeItem",
-    "ChargeItemDefinition",
-    "Claim",
-    "ClaimResponse",
-    "ClinicalImpression",
-    "CodeSystem",
-    "Communication",
-    "CommunicationRequest",
-    "CompartmentDefinition",
-    "Composition",
-    "ConceptMap",
-    "Condition",
-    "Consent",
-    "Contract",
-    "Coverage",
-    "CoverageEligibilityRequest",
-    "CoverageEligibilityResponse",
-    "DetectedIssue",
-    "Device",
-    "DeviceDefinition",
-    "DeviceMetric",
-    "DeviceRequest",
-    "DeviceUseStatement",
-    "DiagnosticReport",
-    "DocumentManifest",
-    "DocumentReference",
-    "EffectEvidenceSynthesis",
-    "Encounter",
-    "Endpoint",
-    "EnrollmentRequest",
-    "EnrollmentResponse",
-    "EpisodeOfCare",
-    "EventDefinition",
-    "Evidence",
-    "EvidenceVariable",
-    "ExampleScenario",
-    "ExplanationOfBenefit",
-    "FamilyMemberHistory",
-    "Flag",
-    "Goal",
-    "GraphDefinition",
-    "Group",
-    "GuidanceResponse",
-    "HealthcareService",
-    "ImagingStudy",
-    "Immunization",
-    "ImmunizationEvaluation",
-    "ImmunizationRecommendation",
-    "ImplementationGuide",
-    "InsurancePlan",
-    "Invoice",
-    "Library",
-    "Linkage",
-    "List",
-    "Location",
-    "Measure",
-    "MeasureReport",
-    "Media",
-    "Medication",
-    "MedicationAdministration",
-    "MedicationDispense",
-    "MedicationKnowledge",
-    "MedicationRequest",
-    "MedicationStatement",
-    "MedicinalProduct",
-    "MedicinalProductAuthorization",
-    "MedicinalProductContraindication",
-    "MedicinalProductIndication",
-    "MedicinalProductIngredient",
-    "MedicinalProductInteraction",
-    "MedicinalProductManufactured",
-    "MedicinalProductPackaged",
-    "MedicinalProductPharmaceutical",
-    "MedicinalProductUndesirableEffect",
-    "MessageDefinition",
-    "MessageHeader",
-    "MolecularSequence",
-    "NamingSystem",
-    "NutritionOrder",
-    "Observation",
-    "ObservationDefinition",
-    "OperationDefinition",
-    "OperationOutcome",
-    "Organization",
-    "OrganizationAffiliation",
-    "Parameters",
-    "Patient",
-    "PaymentNotice",
-    "PaymentReconciliation",
-    "Person",
-    "PlanDefinition",
-    "Practitioner",
-    "PractitionerRole",
-    "Procedure",
-    "Provenance",
-    "Questionnaire",
-    "QuestionnaireResponse",
-    "RelatedPerson",
-    "RequestGroup",
-    "ResearchDefinition",
-    "ResearchElementDefinition",
-    "ResearchStudy",
-    "ResearchSubject",
-    "RiskAssessment",
-    "RiskEvidenceSynthesis",
-    "Schedule",
-    "SearchParameter",
-    "ServiceRequest",
-    "Slot",
-    "Specimen",
-    "SpecimenDefinition",
-    "StructureDefinition",
-    "StructureMap",
-    "Subscription",
-    "Substance",
-    "SubstanceNucleicAcid",
-    "SubstancePolymer",
-    "SubstanceProtein",
-    "SubstanceReferenceInformation",
-    "SubstanceSourceMaterial",
-    "SubstanceSpecification",
-    "SupplyDelivery",
-    "SupplyRequest",
-    "Task",
-    "TerminologyCapabilities",
-    "TestReport",
-    "TestScript",
-    "ValueSet",
-    "VerificationResult",
-    "VisionPrescription",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,10 +487,21 @@ mod tests {
     }
 
     #[test]
-    fn the_r4_type_list_is_sorted_and_complete() {
-        assert!(R4_RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(R4_RESOURCE_TYPES.len(), 146);
-        assert!(!is_r4_resource_type("Resource") && !is_r4_resource_type("DomainResource"));
+    fn names_exactly_the_r4_resource_types() {
+        for t in crate::fhir::resource_types::all() {
+            let scope = Scope::parse(&format!("patient/{t}.rs"));
+            assert_eq!(scope.and_then(|s| s.resource_type), Some(t.to_string()), "{t}");
+        }
+        for t in [
+            "Resource",
+            "DomainResource",
+            "patient",
+            "Patients",
+            "Citation",
+            "",
+        ] {
+            assert_eq!(Scope::parse(&format!("patient/{t}.rs")), None, "{t:?}");
+        }
     }
 
     #[test]

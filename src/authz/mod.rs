@@ -55,6 +55,7 @@ mod tests;
 use crate::claims::VerifiedClaims;
 use crate::config::{Config, OperationLevel};
 use crate::denial::{Denial, ForbiddenReason};
+use crate::fhir::resource_types::is_resource_type;
 use crate::fhir::{FhirRequest, Interaction, OperationTarget, SearchParam};
 use crate::scope::{Context, GrantedScopes, Permission, Permissions};
 
@@ -422,7 +423,7 @@ fn not_enforceable(why: &'static str) -> Refusal {
 fn scope_string(ctx: Context, resource_type: Option<&str>, perms: Permissions) -> Option<String> {
     match resource_type {
         None => Some(format!("{ctx}/*.{}", perms.letters())),
-        Some(t) if crate::scope::is_r4_resource_type(t) => Some(format!("{ctx}/{t}.{}", perms.letters())),
+        Some(t) if is_resource_type(t) => Some(format!("{ctx}/{t}.{}", perms.letters())),
         Some(_) => None,
     }
 }
@@ -530,7 +531,7 @@ fn check_include(
                 "_include from a type other than the one searched",
             ));
         }
-        if !crate::scope::is_r4_resource_type(target) {
+        if !is_resource_type(target) {
             return Err(not_enforceable("_include of an unknown target type"));
         }
         if in_patient_context && patient::is_compartment_type(target) {

@@ -6,14 +6,19 @@
 //!   name that patient; so must a compartment search `Patient/{id}/{type}`.
 //! * A search on a compartment type must carry one of the type's compartment parameters (plus
 //!   `patient` where R4 defines it as the subject-is-a-Patient parameter) whose every value is that
-//!   patient: `123`, `Patient/123`, an absolute URL ending in `Patient/123`, or `123` with the
-//!   `:Patient` modifier. A search on `Patient` must carry `_id=123`. Other types (`Group/5`,
-//!   `subject:Group=5`), other modifiers and unrecognised values never confine. Any value naming
-//!   another patient (including a bare id other than the patient's) and `:missing` on these
-//!   parameters are refused outright, even where repeated parameters AND to nothing. Without a
-//!   confining parameter, a search is confined by appending `<first compartment param>=Patient/<id>`
-//!   (`_id=<id>` for `Patient`) or refused, per `unconstrained_search`; a conditional delete is
-//!   refused.
+//!   patient, as [`parse_reference`] reads it: `123`, `Patient/123`,
+//!   `http(s)://{any base}/Patient/123`, or `123` with the `:Patient` modifier. A version-specific
+//!   form (`Patient/123/_history/2`) names the same patient and counts as naming it (the version is
+//!   dropped): whatever the server makes of the version, it can only match references to that
+//!   patient. The base of an absolute URL is not compared with this server's (the edge does not
+//!   know its public base): `Patient/123` on any base is taken to name the patient in context, and
+//!   `Patient/456` on any base another one. A search on `Patient` must carry `_id=123`. Other types
+//!   (`Group/5`, `subject:Group=5`), other modifiers and unrecognised values (`urn:`, other schemes,
+//!   non-R4 types) never confine. Any value naming another patient (including a bare id other than
+//!   the patient's) and `:missing` on these parameters are refused outright, even where repeated
+//!   parameters AND to nothing. Without a confining parameter, a search is confined by appending
+//!   `<first compartment param>=Patient/<id>` (`_id=<id>` for `Patient`) or refused, per
+//!   `unconstrained_search`; a conditional delete is refused.
 //! * Reads by id, history and writes on compartment types other than `Patient` cannot be judged from
 //!   the URL and are refused; so are create and conditional update/patch (write bodies), type
 //!   history of compartment types, system-level interactions, and non-Patient compartment searches
@@ -24,10 +29,11 @@
 use super::{check_query, not_enforceable, Authorized, Forbidden, ForbiddenKind, Refusal};
 use crate::claims::VerifiedClaims;
 use crate::config::{Config, UnconstrainedSearch};
+use crate::fhir::compartment::patient_compartment_params;
+use crate::fhir::query::{is_fhir_id, parse_reference};
+use crate::fhir::resource_types::is_resource_type;
 use crate::fhir::{FhirRequest, Interaction, OperationTarget, Query};
 use crate::scope::{Context, GrantedScopes};
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 const ANOTHER_PATIENT: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment("the request names another patient");
@@ -221,9 +227,8 @@ fn confine(
 ) -> Result<Option<(String, String)>, Refusal> {
     let is_patient_type = rt == "Patient";
     let params = patient_compartment_params(rt).unwrap_or(&[]);
-    let is_reference_param = |name: &str| {
-        params.iter().any(|p| p == name) || (name == "patient" && has_clinical_patient_param(rt))
-    };
+    let is_reference_param =
+        |name: &str| params.contains(&name) || (name == "patient" && has_clinical_patient_param(rt));
     let mut confined = false;
     for p in &query.params {
         let is_id = is_patient_type && p.name == "_id";
@@ -238,7 +243,7 @@ fn confine(
         let type_modifier = match p.modifier.as_deref() {
             None => None,
             Some("missing") => return Err(MISSING_MODIFIER.into()),
-            Some(m) if !is_id && looks_like_type(m) => Some(m),
+            Some(m) if !is_id && is_resource_type(m) => Some(m),
             // `:identifier`, `:not`, `:above`, ...: never confining; repeated parameters AND.
             Some(_) => continue,
         };
@@ -286,11 +291,12 @@ enum Named {
     NotAPatient,
 }
 
+/// Which patient `value` names; the base of an absolute reference is not looked at (module doc).
 fn classify_reference(value: &str, type_modifier: Option<&str>, pid: &str) -> Named {
     let Some(r) = parse_reference(value) else {
         return Named::NotAPatient;
     };
-    let resource_type = match (type_modifier, r.resource_type) {
+    let resource_type = match (type_modifier, r.resource_type.as_deref()) {
         (None, t) => t,
         (Some(m), None) => Some(m),
         (Some(m), Some(t)) if m == t => Some(t),
@@ -303,83 +309,9 @@ fn classify_reference(value: &str, type_modifier: Option<&str>, pid: &str) -> Na
     }
 }
 
-/// A reference search value: `[type/]id`, or an absolute URL ending in `type/id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reference<'a> {
-    resource_type: Option<&'a str>,
-    id: &'a str,
-}
-
-/// Reads `123`, `Patient/123` and `https://host/base/Patient/123`; `None` for anything else
-/// (version-specific `.../_history/2`, `urn:` values, invalid ids, extra segments).
-///
-/// SWAP: private normaliser until `crate::fhir::parse_reference` lands (same forms; it also returns
-/// the base). Replace this and [`Reference`] with it.
-fn parse_reference(value: &str) -> Option<Reference<'_>> {
-    let (path, absolute) = match value.split_once("://") {
-        Some((scheme, rest)) => {
-            if scheme.is_empty()
-                || !scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            {
-                return None;
-            }
-            (rest.split_once('/')?.1, true)
-        }
-        None => (value, false),
-    };
-    let mut segments = path.rsplit('/');
-    let id = segments.next()?;
-    let resource_type = segments.next();
-    let more = segments.next().is_some();
-    if !is_fhir_id(id) {
-        return None;
-    }
-    match resource_type {
-        None if !absolute => Some(Reference {
-            resource_type: None,
-            id,
-        }),
-        Some(t) if looks_like_type(t) && (absolute || !more) => Some(Reference {
-            resource_type: Some(t),
-            id,
-        }),
-        _ => None,
-    }
-}
-
-/// A FHIR id: 1 to 64 of `A-Z a-z 0-9 - .`.
-fn is_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-}
-
-/// A resource type name shape: an ASCII capital then letters and digits.
-fn looks_like_type(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
-}
-
 /// Whether `rt` is in the R4 Patient compartment (including `Patient` itself).
 pub(super) fn is_compartment_type(rt: &str) -> bool {
     patient_compartment_params(rt).is_some()
-}
-
-const COMPARTMENT_JSON: &str = include_str!("../../data/patient_compartment_r4.json");
-
-/// The R4 Patient compartment: resource type -> the search parameters linking it to a patient.
-/// `None`: not in the compartment. If the embedded table ever failed to load, every type would be
-/// treated as a compartment type with no parameters (fail closed: nothing unconfined gets through).
-///
-/// SWAP: private lookup until `crate::fhir::compartment::patient_compartment_params` lands; replace
-/// with it (it returns `&'static [&'static str]`; callers only iterate and compare).
-fn patient_compartment_params(resource_type: &str) -> Option<&'static [String]> {
-    static TABLE: OnceLock<Option<BTreeMap<String, Vec<String>>>> = OnceLock::new();
-    match TABLE.get_or_init(|| serde_json::from_str(COMPARTMENT_JSON).ok()) {
-        Some(table) => table.get(resource_type).map(Vec::as_slice),
-        None => Some(&[]),
-    }
 }
 
 /// Whether R4 defines `patient` on `rt` as the `clinical-patient` parameter (subject restricted to
@@ -429,67 +361,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_compartment_table_loads_from_the_r4_definition() {
-        assert_eq!(
-            patient_compartment_params("Observation").map(|p| p.to_vec()),
-            Some(vec!["subject".to_string(), "performer".to_string()])
-        );
-        assert_eq!(
-            patient_compartment_params("Patient").map(|p| p.to_vec()),
-            Some(vec!["link".to_string()])
-        );
-        for outside in [
-            "Practitioner",
-            "Organization",
-            "Medication",
-            "Location",
-            "ValueSet",
-        ] {
-            assert!(!is_compartment_type(outside), "{outside}");
+    fn compartment_membership_follows_the_r4_patient_compartment() {
+        let cases = [
+            ("Patient", true),
+            ("Observation", true),
+            ("Encounter", true),
+            ("Group", true),
+            ("Practitioner", false),
+            ("Organization", false),
+            ("Medication", false),
+            ("Location", false),
+            ("ValueSet", false),
+            ("observation", false),
+        ];
+        for (rt, member) in cases {
+            assert_eq!(is_compartment_type(rt), member, "{rt}");
         }
-        let table: BTreeMap<String, Vec<String>> = serde_json::from_str(COMPARTMENT_JSON).unwrap();
-        assert!(table.values().all(|v| !v.is_empty()));
-        assert!(
-            table.keys().all(|k| crate::scope::is_r4_resource_type(k)),
-            "R4 names only"
-        );
     }
 
     #[test]
     fn clinical_patient_bases_are_sorted_compartment_types() {
         assert!(CLINICAL_PATIENT_BASES.windows(2).all(|w| w[0] < w[1]));
         assert!(CLINICAL_PATIENT_BASES.iter().all(|t| is_compartment_type(t)));
-    }
-
-    #[test]
-    fn reads_the_reference_forms_of_a_search_value() {
-        type Parsed = Option<(Option<&'static str>, &'static str)>;
-        let cases: &[(&str, Parsed)] = &[
-            ("123", Some((None, "123"))),
-            ("Patient/123", Some((Some("Patient"), "123"))),
-            ("Group/5", Some((Some("Group"), "5"))),
-            (
-                "https://ehr.example.org/fhir/Patient/123",
-                Some((Some("Patient"), "123")),
-            ),
-            ("http://h/Patient/a-b.c", Some((Some("Patient"), "a-b.c"))),
-            ("https://ehr.example.org/fhir/Patient/123/_history/2", None),
-            ("Patient/123/_history/2", None),
-            ("fhir/Patient/123", None),
-            ("patient/123", None),
-            ("Patient/", None),
-            ("/123", None),
-            ("", None),
-            ("urn:uuid:6c3b8a2e-6d5f-4b8e-9a7c-0f1e2d3c4b5a", None),
-            ("https://h/fhir/Patient/12 3", None),
-            ("https://h", None),
-            ("://h/Patient/1", None),
-            ("Patient/123?x=1", None),
-        ];
-        for (value, expected) in cases {
-            let got = parse_reference(value).map(|r| (r.resource_type, r.id));
-            assert_eq!(got, *expected, "{value}");
-        }
     }
 
     #[test]
@@ -506,7 +399,32 @@ mod tests {
             ("Group/123", None, Named::NotAPatient),
             ("123", Some("Group"), Named::NotAPatient),
             ("Patient/123", Some("Group"), Named::NotAPatient),
-            ("Patient/123/_history/1", None, Named::NotAPatient),
+            // A version-specific reference names the same patient (the version is dropped).
+            ("Patient/123/_history/1", None, Named::InContext),
+            ("Patient/456/_history/1", None, Named::OtherPatient),
+            ("https://x/fhir/Patient/123/_history/1", None, Named::InContext),
+            // Any base counts: the edge does not know the server's public base.
+            ("http://elsewhere.example/Patient/123", None, Named::InContext),
+            (
+                "https://elsewhere.example/r4/Patient/456",
+                None,
+                Named::OtherPatient,
+            ),
+            ("https://x/fhir/Patient/123", Some("Patient"), Named::InContext),
+            ("https://x/fhir/Group/123", None, Named::NotAPatient),
+            // Not a reference this module reads: never confining, never refused as another patient.
+            ("ftp://x/fhir/Patient/123", None, Named::NotAPatient),
+            (
+                "urn:uuid:6c3b8a2e-6d5f-4b8e-9a7c-0f1e2d3c4b5a",
+                None,
+                Named::NotAPatient,
+            ),
+            ("fhir/Patient/456", None, Named::NotAPatient),
+            ("patient/456", None, Named::NotAPatient),
+            ("Foo/456", None, Named::NotAPatient),
+            ("https://x/fhir/Patient/456?y=1", None, Named::NotAPatient),
+            ("Patient/4 56", None, Named::NotAPatient),
+            ("", None, Named::NotAPatient),
         ];
         for (value, modifier, expected) in cases {
             assert_eq!(

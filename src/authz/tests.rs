@@ -659,6 +659,21 @@ fn patient_scoped_searches_accept_every_reference_form_of_the_patient() {
             PATIENT,
         ),
         (o, P, search("Observation"), "subject:Patient=123", PATIENT),
+        // A version-specific reference names the same patient; so does any absolute base.
+        (
+            o,
+            P,
+            search("Observation"),
+            "subject=Patient/123/_history/2",
+            PATIENT,
+        ),
+        (
+            o,
+            P,
+            search("Observation"),
+            "subject=http://other.example/Patient/123",
+            PATIENT,
+        ),
         (o, P, search("Observation"), "performer=Patient/123", PATIENT),
         (o, P, search("Observation"), "patient=123", PATIENT),
         (
@@ -724,6 +739,13 @@ fn patient_scoped_searches_refuse_any_mention_of_another_patient() {
             o,
             P,
             search("Observation"),
+            "subject=Patient/456/_history/2",
+            OUTSIDE,
+        ),
+        (
+            o,
+            P,
+            search("Observation"),
             "subject=123&performer=Patient/456",
             OUTSIDE,
         ),
@@ -784,13 +806,8 @@ fn references_to_other_types_and_other_modifiers_do_not_confine_a_search() {
             appended,
         ),
         (o, P, search("Observation"), "subject:not=Patient/123", appended),
-        (
-            o,
-            P,
-            search("Observation"),
-            "subject=Patient/123/_history/2",
-            appended,
-        ),
+        (o, P, search("Observation"), "subject=urn:uuid:123", appended),
+        (o, P, search("Observation"), "subject:Foo=123", appended),
         (
             o,
             P,
