@@ -4,14 +4,17 @@
 
 use std::fmt;
 
+use crate::denial::{Denial, TokenReason};
+
 /// Why a bearer token was refused (or could not be judged yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
     // ---- RFC 6750 §2 extraction ---------------------------------------------------------------
     /// No `Authorization` header.
     Missing,
-    /// One `Authorization` header with a scheme other than `Bearer` (for example `Basic`). Treated
-    /// like [`TokenError::Missing`] in the response: the request carries no bearer credentials.
+    /// One `Authorization` header with a scheme other than `Bearer` (for example `Basic`). Answered
+    /// like [`TokenError::Missing`] (RFC 6750 §3.1: no bearer credentials, no error code); kept
+    /// apart for logs.
     OtherScheme,
     /// `Authorization: Bearer` whose credentials are not exactly one `b64token` (empty, several
     /// words, characters outside RFC 6750 §2.1).
@@ -76,22 +79,44 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// The RFC 6750 §3.1 `error` code for `WWW-Authenticate`, when there is one.
-    ///
-    /// `None` for [`TokenError::Missing`] and [`TokenError::OtherScheme`] (no bearer credentials:
-    /// RFC 6750 §3.1 says to send no error code) and for [`TokenError::KeysNotLoaded`] and
-    /// [`TokenError::VerifierFailed`] (server conditions, not verdicts on the token).
-    pub fn rfc6750_error(&self) -> Option<&'static str> {
+    /// The client-facing denial (see [`crate::denial`]): RFC 6750 `invalid_request` for a bad
+    /// request shape, `invalid_token` with a reason for a refused token, no error code for a
+    /// missing token (or another scheme), 503 when the keys are not loaded, and an internal failure
+    /// when the verifier could not judge the signature.
+    pub fn denial(&self) -> Denial {
+        use TokenReason as R;
         match self {
-            TokenError::Missing
-            | TokenError::OtherScheme
-            | TokenError::KeysNotLoaded { .. }
-            | TokenError::VerifierFailed => None,
-            TokenError::MalformedAuthorization
-            | TokenError::SeveralAuthorizationHeaders
-            | TokenError::TokenInQuery
-            | TokenError::TooLarge => Some("invalid_request"),
-            _ => Some("invalid_token"),
+            TokenError::Missing | TokenError::OtherScheme => Denial::MissingToken,
+            TokenError::MalformedAuthorization => {
+                Denial::InvalidRequest("The Authorization header must be Bearer and one token")
+            }
+            TokenError::SeveralAuthorizationHeaders => {
+                Denial::InvalidRequest("Only one Authorization header is allowed")
+            }
+            TokenError::TokenInQuery => {
+                Denial::InvalidRequest("Access tokens are accepted in the Authorization header only")
+            }
+            TokenError::TooLarge => Denial::InvalidToken(R::TooLarge),
+            TokenError::Malformed(_) => Denial::InvalidToken(R::Malformed),
+            TokenError::UnsupportedHeader(_) | TokenError::UnsupportedType => {
+                Denial::InvalidToken(R::UnsupportedHeader)
+            }
+            TokenError::AlgorithmNotAllowed | TokenError::KeyMismatch => {
+                Denial::InvalidToken(R::AlgorithmNotAllowed)
+            }
+            TokenError::UnknownIssuer => Denial::InvalidToken(R::UnknownIssuer),
+            TokenError::KeysNotLoaded { .. } => Denial::KeysUnavailable,
+            TokenError::UnknownKey { .. } | TokenError::AmbiguousKey => Denial::InvalidToken(R::UnknownKey),
+            TokenError::BadSignature => Denial::InvalidToken(R::BadSignature),
+            TokenError::VerifierFailed => Denial::Internal,
+            TokenError::MissingClaim(_) | TokenError::InvalidClaim(_) => {
+                Denial::InvalidToken(R::MissingClaim)
+            }
+            TokenError::Expired => Denial::InvalidToken(R::Expired),
+            TokenError::NotYetValid => Denial::InvalidToken(R::NotYetValid),
+            TokenError::IssuedInFuture => Denial::InvalidToken(R::IssuedInFuture),
+            TokenError::LifetimeTooLong => Denial::InvalidToken(R::LifetimeTooLong),
+            TokenError::WrongAudience => Denial::InvalidToken(R::WrongAudience),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!    `alg`;
 //! 5. [`signature`]: a [`SignatureVerifier`] (jwt-simple, or Envoy's host function through
 //!    [`host::HostVerifier`] with [`Fallback`] to jwt-simple);
-//! 6. [`verify`]: the claim rules, with the request's time and the configured clock skew.
+//! 6. [`mod@verify`]: the claim rules, with the request's time and the configured clock skew.
 //!
 //! Nothing here reads a clock or calls the host: time, keys and the host call are parameters.
 
@@ -36,7 +36,7 @@ use crate::claims::VerifiedClaims;
 use crate::config::Config;
 use crate::jwks::{KeySelectError, KeySet};
 
-/// Where [`verify`] finds a provider's loaded keys.
+/// Where [`verify()`] finds a provider's loaded keys.
 pub trait KeyLookup {
     /// The key set of the provider at `provider` in `Config::providers` (whose issuer is
     /// `issuer`), or `None` while it is not loaded.

@@ -12,7 +12,7 @@
 //! deserializes and validates the claims. [`JwtSimpleVerifier`] therefore rebuilds the compact
 //! token from the signing input and signature, and passes options under which jwt-simple's own
 //! claim validation cannot fail (time frozen at 0, no tolerance, future tokens accepted, no
-//! issuer/audience/subject requirements): every claim is judged by [`super::verify`] instead, with
+//! issuer/audience/subject requirements): every claim is judged by [`mod@super::verify`] instead, with
 //! the configured clock skew and the request's time. Any error jwt-simple reports (bad signature,
 //! claims it cannot deserialize) is [`SignatureError::Invalid`]: nothing is mapped to success.
 

@@ -1200,23 +1200,76 @@ fn error_messages_never_contain_the_token_or_claim_values() {
 }
 
 #[test]
-fn maps_errors_to_rfc6750_error_codes() {
-    let cases: Vec<(TokenError, Option<&str>)> = vec![
-        (TokenError::Missing, None),
-        (TokenError::OtherScheme, None),
-        (TokenError::KeysNotLoaded { provider: 0 }, None),
-        (TokenError::VerifierFailed, None),
-        (TokenError::TokenInQuery, Some("invalid_request")),
-        (TokenError::SeveralAuthorizationHeaders, Some("invalid_request")),
-        (TokenError::MalformedAuthorization, Some("invalid_request")),
-        (TokenError::TooLarge, Some("invalid_request")),
-        (TokenError::BadSignature, Some("invalid_token")),
-        (TokenError::Expired, Some("invalid_token")),
-        (TokenError::UnknownKey { provider: 0 }, Some("invalid_token")),
-        (TokenError::Malformed("x"), Some("invalid_token")),
+fn maps_every_error_to_its_denial() {
+    use crate::denial::{Denial, TokenReason as R};
+    let cases: Vec<(TokenError, Denial)> = vec![
+        (TokenError::Missing, Denial::MissingToken),
+        (TokenError::OtherScheme, Denial::MissingToken),
+        (TokenError::TooLarge, Denial::InvalidToken(R::TooLarge)),
+        (TokenError::Malformed("x"), Denial::InvalidToken(R::Malformed)),
+        (
+            TokenError::UnsupportedHeader("jku"),
+            Denial::InvalidToken(R::UnsupportedHeader),
+        ),
+        (
+            TokenError::UnsupportedType,
+            Denial::InvalidToken(R::UnsupportedHeader),
+        ),
+        (
+            TokenError::AlgorithmNotAllowed,
+            Denial::InvalidToken(R::AlgorithmNotAllowed),
+        ),
+        (
+            TokenError::KeyMismatch,
+            Denial::InvalidToken(R::AlgorithmNotAllowed),
+        ),
+        (TokenError::UnknownIssuer, Denial::InvalidToken(R::UnknownIssuer)),
+        (TokenError::KeysNotLoaded { provider: 1 }, Denial::KeysUnavailable),
+        (
+            TokenError::UnknownKey { provider: 0 },
+            Denial::InvalidToken(R::UnknownKey),
+        ),
+        (TokenError::AmbiguousKey, Denial::InvalidToken(R::UnknownKey)),
+        (TokenError::BadSignature, Denial::InvalidToken(R::BadSignature)),
+        (TokenError::VerifierFailed, Denial::Internal),
+        (
+            TokenError::MissingClaim("exp"),
+            Denial::InvalidToken(R::MissingClaim),
+        ),
+        (
+            TokenError::InvalidClaim("aud"),
+            Denial::InvalidToken(R::MissingClaim),
+        ),
+        (TokenError::Expired, Denial::InvalidToken(R::Expired)),
+        (TokenError::NotYetValid, Denial::InvalidToken(R::NotYetValid)),
+        (
+            TokenError::IssuedInFuture,
+            Denial::InvalidToken(R::IssuedInFuture),
+        ),
+        (
+            TokenError::LifetimeTooLong,
+            Denial::InvalidToken(R::LifetimeTooLong),
+        ),
+        (TokenError::WrongAudience, Denial::InvalidToken(R::WrongAudience)),
     ];
     for (err, want) in cases {
-        assert_eq!(err.rfc6750_error(), want, "{err:?}");
+        assert_eq!(err.denial(), want, "{err:?}");
+    }
+    // Request-shape errors are RFC 6750 invalid_request (HTTP 400) with a quote-free description.
+    for err in [
+        TokenError::MalformedAuthorization,
+        TokenError::SeveralAuthorizationHeaders,
+        TokenError::TokenInQuery,
+    ] {
+        let reply = err.denial().reply("realm");
+        assert_eq!(
+            (reply.status, reply.reason_code),
+            (400, "invalid_request"),
+            "{err:?}"
+        );
+        let header = reply.www_authenticate.unwrap();
+        assert!(header.contains("error=\"invalid_request\""), "{header}");
+        assert_eq!(header.matches('"').count(), 6, "{header}");
     }
 }
 
