@@ -14,10 +14,10 @@
 
 use std::rc::Rc;
 
-use crate::authz::{self, Forbidden, ForbiddenKind};
+use crate::authz;
 use crate::claims::VerifiedClaims;
 use crate::config::{Config, ConfigError};
-use crate::denial::{Denial, ForbiddenReason, RequestReason, TokenReason};
+use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
 use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
 use crate::jwks::KeySet;
@@ -229,7 +229,7 @@ impl Engine {
         // 3. The bearer token.
         let token = match token::bearer_token(req.headers, query, config.max_token_bytes) {
             Ok(t) => t,
-            Err(e) => return deny(token_denial(&e), facts),
+            Err(e) => return deny(e.denial(), facts),
         };
         facts.token_hash = Some(token::token_fingerprint(token));
         let now_s = now_ms / 1000;
@@ -270,7 +270,7 @@ impl Engine {
                     }
                     return deny(Denial::InvalidToken(TokenReason::UnknownKey), facts);
                 }
-                Err(e) => return deny(token_denial(&e), facts),
+                Err(e) => return deny(e.denial(), facts),
             },
         };
         let claims = entry.claims.clone();
@@ -292,7 +292,7 @@ impl Engine {
         let authorized =
             match authz::authorize(&request, conditional_create, &claims, &entry.granted, &config) {
                 Ok(a) => a,
-                Err(f) => return deny(forbidden_denial(&f), facts),
+                Err(f) => return deny(f.to_denial(), facts),
             };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
 
@@ -351,38 +351,6 @@ fn resource_id(i: &Interaction) -> Option<String> {
     }
 }
 
-/// The denial for a token error.
-pub fn token_denial(e: &TokenError) -> Denial {
-    let t = Denial::InvalidToken;
-    match e {
-        TokenError::Missing | TokenError::OtherScheme => Denial::MissingToken,
-        TokenError::MalformedAuthorization => {
-            Denial::InvalidRequest("The Authorization header is not a single Bearer token")
-        }
-        TokenError::SeveralAuthorizationHeaders => {
-            Denial::InvalidRequest("Send exactly one Authorization header")
-        }
-        TokenError::TokenInQuery => Denial::InvalidRequest(
-            "Access tokens are not accepted in the query; use the Authorization header",
-        ),
-        TokenError::TooLarge => t(TokenReason::TooLarge),
-        TokenError::Malformed(_) => t(TokenReason::Malformed),
-        TokenError::UnsupportedHeader(_) | TokenError::UnsupportedType => t(TokenReason::UnsupportedHeader),
-        TokenError::AlgorithmNotAllowed | TokenError::KeyMismatch => t(TokenReason::AlgorithmNotAllowed),
-        TokenError::UnknownIssuer => t(TokenReason::UnknownIssuer),
-        TokenError::KeysNotLoaded { .. } => Denial::KeysUnavailable,
-        TokenError::UnknownKey { .. } | TokenError::AmbiguousKey => t(TokenReason::UnknownKey),
-        TokenError::BadSignature => t(TokenReason::BadSignature),
-        TokenError::VerifierFailed => Denial::Internal,
-        TokenError::MissingClaim(_) | TokenError::InvalidClaim(_) => t(TokenReason::MissingClaim),
-        TokenError::Expired => t(TokenReason::Expired),
-        TokenError::NotYetValid => t(TokenReason::NotYetValid),
-        TokenError::IssuedInFuture => t(TokenReason::IssuedInFuture),
-        TokenError::LifetimeTooLong => t(TokenReason::LifetimeTooLong),
-        TokenError::WrongAudience => t(TokenReason::WrongAudience),
-    }
-}
-
 /// The denial for a request that could not be classified.
 pub fn classify_denial(e: &ClassifyError) -> Denial {
     let b = Denial::BadRequest;
@@ -402,23 +370,5 @@ pub fn classify_denial(e: &ClassifyError) -> Denial {
             "This method is not allowed on this FHIR path",
         ),
         ClassifyError::UnsupportedPath(what) => b(RequestReason::UnsupportedPath, what),
-    }
-}
-
-/// The denial for an authorization refusal.
-pub fn forbidden_denial(f: &Forbidden) -> Denial {
-    let reason = match f.kind {
-        ForbiddenKind::InsufficientScope | ForbiddenKind::GranularScopeNotMet => {
-            ForbiddenReason::InsufficientScope
-        }
-        ForbiddenKind::PatientContextMissing => ForbiddenReason::PatientContextMissing,
-        ForbiddenKind::OutsidePatientCompartment(_) => ForbiddenReason::OutsidePatientCompartment,
-        ForbiddenKind::NotEnforceableAtEdge(_) => ForbiddenReason::NotEnforceableAtEdge,
-        ForbiddenKind::OperationNotAllowed => ForbiddenReason::OperationNotAllowed,
-    };
-    Denial::Forbidden {
-        reason,
-        scope: f.required_scope.clone(),
-        detail: f.diagnostics(),
     }
 }

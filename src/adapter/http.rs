@@ -99,7 +99,10 @@ impl Stream {
             headers: &s.headers,
         };
         let decision = if v.host_verifier {
-            let verifier = Fallback::new(HostVerifier::new(host::call_verify_signature), JwtSimpleVerifier);
+            let verifier = Fallback {
+                primary: HostVerifier::new(host::call_verify_signature),
+                fallback: JwtSimpleVerifier,
+            };
             v.engine.decide(
                 &facts,
                 now,

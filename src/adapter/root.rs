@@ -35,7 +35,6 @@ pub struct Vm {
     pub callouts: HashMap<u32, usize>,
     /// Whether Envoy's `verify_signature` foreign function is available.
     pub host_verifier: bool,
-    pub root_id: u32,
 }
 
 pub type SharedVm = Rc<RefCell<Vm>>;
@@ -91,8 +90,9 @@ impl Root {
         let now = host::now_ms();
         let ready: Vec<Waiter> = {
             let mut v = vm.borrow_mut();
+            let pending = std::mem::take(&mut v.waiters);
             let keys = v.engine.keys();
-            let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut v.waiters)
+            let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = pending
                 .into_iter()
                 .filter(|w| w.stream.strong_count() > 0)
                 .partition(|w| {
@@ -100,8 +100,6 @@ impl Root {
                         || keys.generation(w.provider) != w.generation
                         || !keys.fetch_pending(w.provider)
                 });
-            // `keys` borrows `v.engine`; the partition is done before the waiters are stored back.
-            let _ = keys;
             v.waiters = waiting;
             ready
         };
@@ -222,7 +220,6 @@ impl RootContext for Root {
             waiters: Vec::new(),
             callouts: HashMap::new(),
             host_verifier,
-            root_id: self.context_id,
         })));
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             log::error!("smart-fhir-edge: cannot set the tick period: {status:?}");
