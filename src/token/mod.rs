@@ -143,7 +143,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
-#[cfg(test)]
-pub(crate) mod test_support;
+/// Test keys and token minting, for this crate's tests and (with the `test-support` feature) the
+/// wasm-level and real-Envoy suites.
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 #[cfg(test)]
 mod tests;

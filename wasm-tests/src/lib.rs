@@ -3,3 +3,4 @@
 
 pub mod http1;
 pub mod real_envoy;
+pub mod stack;
