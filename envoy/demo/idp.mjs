@@ -158,8 +158,16 @@ const configuration = {
   },
   formats: {
     customizers: {
-      // Demo of an expired token: the `demo-expired` app's tokens are dated in the past.
-      async jwt(_ctx, token, jwt) {
+      async jwt(ctx, token, jwt) {
+        // As SMART servers do, `scope` lists every granted scope, the OpenID Connect and launch
+        // context ones (`openid fhirUser launch/patient`) before the resource ones.
+        if (token.kind === 'AccessToken' && token.grantId) {
+          const grant = await ctx.oidc.provider.Grant.find(token.grantId);
+          const oidc = (grant?.getOIDCScope() ?? '').split(' ').filter(Boolean);
+          const resource = (jwt.payload.scope ?? '').split(' ').filter(Boolean);
+          jwt.payload.scope = [...new Set([...oidc, ...resource])].join(' ') || undefined;
+        }
+        // Demo of an expired token: the `demo-expired` app's tokens are dated in the past.
         const backdate = CLIENTS[token.clientId]?.backdate_s;
         if (backdate) {
           jwt.payload.iat -= backdate;
@@ -190,13 +198,15 @@ server.listen(port, host, () => {
   const provider = new Provider(issuer, configuration);
   provider.proxy = false;
 
-  // SMART: the token response names the patient in context next to the access token.
+  // SMART: the token response names the patient in context next to the access token, and the
+  // granted scopes as the token carries them.
   provider.use(async (ctx, next) => {
     await next();
     if (ctx.oidc?.route === 'token' && ctx.status === 200 && ctx.body?.access_token) {
       try {
         const payload = JSON.parse(Buffer.from(ctx.body.access_token.split('.')[1], 'base64url').toString('utf8'));
         if (payload.patient) ctx.body.patient = payload.patient;
+        if (payload.scope) ctx.body.scope = payload.scope;
       } catch {
         // opaque token: nothing to add
       }
