@@ -5,7 +5,6 @@
 //! responses that did not come from a FHIR server: Envoy's local replies (no healthy upstream,
 //! timeouts, rate limits, RBAC, buffer and header limits) and upstream errors in text or HTML.
 
-use serde_json::json;
 
 /// R4 `IssueSeverity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,30 +177,31 @@ impl OperationOutcome {
         }
     }
 
-    /// The resource as FHIR JSON.
+    /// The resource as FHIR JSON (`resourceType` first, as FHIR JSON is conventionally written).
     pub fn to_json(&self) -> String {
-        let issues: Vec<serde_json::Value> = self
-            .issues
-            .iter()
-            .map(|i| {
-                let mut v = json!({
-                    "severity": i.severity.code(),
-                    "code": i.code.code(),
-                    "diagnostics": self.diagnostics_of(i),
-                });
-                if let (Some(e), Some(obj)) = (&i.expression, v.as_object_mut()) {
-                    obj.insert("expression".into(), json!([e]));
-                }
-                v
-            })
-            .collect();
-        let mut v = json!({"resourceType": "OperationOutcome", "issue": issues});
-        if let (Some(id), Some(obj)) = (&self.request_id, v.as_object_mut()) {
-            if is_fhir_id(id) {
-                obj.insert("id".into(), json!(id));
-            }
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut out = String::from("{\"resourceType\":\"OperationOutcome\"");
+        if let Some(id) = self.request_id.as_deref().filter(|id| is_fhir_id(id)) {
+            out.push_str(&format!(",\"id\":{}", q(id)));
         }
-        v.to_string()
+        out.push_str(",\"issue\":[");
+        for (n, i) in self.issues.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"severity\":{},\"code\":{},\"diagnostics\":{}",
+                q(i.severity.code()),
+                q(i.code.code()),
+                q(&self.diagnostics_of(i))
+            ));
+            if let Some(e) = &i.expression {
+                out.push_str(&format!(",\"expression\":[{}]", q(e)));
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
     }
 
     /// The resource as FHIR XML.
@@ -377,6 +377,17 @@ mod tests {
         assert_eq!(v["issue"][0]["code"], "forbidden");
         assert_eq!(v["issue"][0]["diagnostics"], "nope (request id abc-123)");
         assert!(v["issue"][0].get("expression").is_none());
+    }
+
+    #[test]
+    fn json_starts_with_the_resource_type_and_escapes_text() {
+        let mut o = OperationOutcome::single(IssueSeverity::Error, IssueType::Invalid, "a \"quoted\"\nline");
+        o.issues[0].expression = Some("Bundle.entry[0]".into());
+        let text = o.to_json();
+        assert!(text.starts_with("{\"resourceType\":\"OperationOutcome\""), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["issue"][0]["diagnostics"], "a \"quoted\"\nline");
+        assert_eq!(v["issue"][0]["expression"][0], "Bundle.entry[0]");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::root::{SharedVm, Waiter};
 use crate::config::Mode;
 use crate::decision::{is_forwarded_header, Decision, RequestFacts};
 use crate::denial::Denial;
-use crate::outcome::{self, Format, IssueSeverity, IssueType, OperationOutcome};
+use crate::outcome::{self, Format, IssueSeverity, OperationOutcome};
 use crate::token::{Fallback, HostVerifier, JwtSimpleVerifier, SignatureVerifier};
 
 /// What a stream remembers between callbacks.
@@ -27,8 +27,8 @@ pub struct StreamState {
     pub format: Option<Format>,
     /// The filter answered this request itself: its response is not rewritten.
     pub replied_locally: bool,
-    /// The response is being replaced by an OperationOutcome with this issue.
-    pub rewrite: Option<(u16, IssueType, String)>,
+    /// The response body is being replaced by this OperationOutcome.
+    pub rewrite: Option<String>,
 }
 
 pub struct Stream {
@@ -242,36 +242,33 @@ impl HttpContext for Stream {
             format.content_type(),
         );
         if end_of_stream || s.method == "HEAD" {
-            // No body to replace.
-            host::remove_header(MapType::HttpResponseHeaders, "content-length");
+            // No body to replace (and none may be added).
             return Action::Continue;
         }
-        host::remove_header(MapType::HttpResponseHeaders, "content-length");
-        s.rewrite = Some((status, code, text));
-        // Hold the headers until the body is replaced, so Content-Length can be set.
-        Action::Pause
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let s = self.state.borrow();
-        let Some((_, code, text)) = &s.rewrite else {
-            return Action::Continue;
-        };
-        if !end_of_stream {
-            // Buffer the rest; it is replaced at the end.
-            return Action::Pause;
-        }
-        let body = OperationOutcome::single(IssueSeverity::Error, *code, text.clone())
+        // The replacement is known now, so Content-Length is set now; the original body is then
+        // dropped chunk by chunk and the OperationOutcome written at its end. Nothing is paused:
+        // Envoy's own local replies must never be held.
+        let body = OperationOutcome::single(IssueSeverity::Error, code, text)
             .with_request_id(s.request_id.as_deref())
-            .render(s.format.unwrap_or(Format::Json));
-        if !host::set_buffer(BufferType::HttpResponseBody, body_size, body.as_bytes()) {
-            log::warn!("smart-fhir-edge: cannot replace an error body");
-        }
+            .render(format);
         host::set_header(
             MapType::HttpResponseHeaders,
             "content-length",
             &body.len().to_string(),
         );
+        s.rewrite = Some(body);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let s = self.state.borrow();
+        let Some(body) = &s.rewrite else {
+            return Action::Continue;
+        };
+        let replacement: &[u8] = if end_of_stream { body.as_bytes() } else { &[] };
+        if !host::set_buffer(BufferType::HttpResponseBody, body_size, replacement) {
+            log::warn!("smart-fhir-edge: cannot replace an error body");
+        }
         Action::Continue
     }
 }
