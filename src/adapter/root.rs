@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
 use super::host::{self, HostSharedData};
 use super::http::{Stream, StreamState};
@@ -17,6 +17,23 @@ use crate::jwks::cache::{FetchAnswer, FetchOutcome, FetchRequest, MAX_DOCUMENT_B
 
 /// Tick period: how often keys are polled and waiting requests are looked at.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Gauge (Envoy: `wasmcustom.smart_fhir_edge.vm_memory_max_bytes`): the largest linear memory of
+/// this plugin's VMs, in bytes. Each VM raises it to its own size on every tick (linear memory
+/// never shrinks, so it is a high-water mark).
+const MEMORY_GAUGE: &str = "smart_fhir_edge.vm_memory_max_bytes";
+
+/// The size of this VM's linear memory, in bytes.
+fn linear_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64).saturating_mul(64 * 1024)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
 
 /// A request paused until its provider's keys arrive.
 pub struct Waiter {
@@ -42,11 +59,25 @@ pub type SharedVm = Rc<RefCell<Vm>>;
 pub struct Root {
     context_id: u32,
     vm: Option<SharedVm>,
+    memory_gauge: Option<u32>,
 }
 
 impl Root {
     pub fn new(context_id: u32) -> Root {
-        Root { context_id, vm: None }
+        Root {
+            context_id,
+            vm: None,
+            memory_gauge: None,
+        }
+    }
+
+    /// Raises the memory gauge to this VM's linear memory size.
+    fn record_memory(&self) {
+        let Some(id) = self.memory_gauge else { return };
+        let mine = linear_memory_bytes();
+        if hostcalls::get_metric(id).is_ok_and(|current| current < mine) {
+            let _ = hostcalls::record_metric(id, mine);
+        }
     }
 
     fn dispatch(vm: &mut Vm, fetch: &FetchRequest) {
@@ -221,6 +252,7 @@ impl RootContext for Root {
             callouts: HashMap::new(),
             host_verifier,
         })));
+        self.memory_gauge = hostcalls::define_metric(MetricType::Gauge, MEMORY_GAUGE).ok();
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             log::error!("smart-fhir-edge: cannot set the tick period: {status:?}");
             return false;
@@ -229,6 +261,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.record_memory();
         let Some(vm) = self.vm.clone() else { return };
         {
             let mut v = vm.borrow_mut();

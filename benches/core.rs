@@ -1,0 +1,237 @@
+//! Native micro-benchmarks of the per-request core: FHIR classification, scope evaluation,
+//! token verification (jwt-simple, RS256 and ES256) and `Engine::decide` end to end.
+//!
+//! A small hand-written harness (no criterion: nothing heavy to build on a shared 2-core machine):
+//! each case is warmed up, then timed in `SAMPLES` samples of a batch sized to take about
+//! `SAMPLE_TARGET`; the median and the fastest sample are reported in ns per operation.
+//!
+//! Run: `cargo bench -p smart-fhir-edge --features test-support --bench core`
+//! (`-- --quick` takes fewer, shorter samples; `-- --markdown` prints a Markdown table).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use smart_fhir_edge::authz;
+use smart_fhir_edge::claims::VerifiedClaims;
+use smart_fhir_edge::config::Config;
+use smart_fhir_edge::decision::{Decision, Engine, RequestFacts};
+use smart_fhir_edge::fhir;
+use smart_fhir_edge::jwks::cache::{CasMismatch, SharedStore};
+use smart_fhir_edge::jwks::KeySet;
+use smart_fhir_edge::scope::GrantedScopes;
+use smart_fhir_edge::token::test_support::{self, good_claims, mint, Signer, AUD, ISS, NOW};
+use smart_fhir_edge::token::{self, Algorithm, JwtSimpleVerifier};
+
+struct Settings {
+    samples: usize,
+    sample_target: Duration,
+    warm_up: Duration,
+}
+
+struct Row {
+    name: &'static str,
+    median_ns: f64,
+    min_ns: f64,
+}
+
+/// Times `f`: warm-up, then `samples` batches; returns ns per call (median, min).
+fn measure<T>(s: &Settings, mut f: impl FnMut() -> T) -> (f64, f64) {
+    let start = Instant::now();
+    let mut calls: u64 = 0;
+    while start.elapsed() < s.warm_up || calls < 3 {
+        black_box(f());
+        calls += 1;
+    }
+    let per_call = start.elapsed().as_secs_f64() / calls as f64;
+    let batch = ((s.sample_target.as_secs_f64() / per_call) as u64).max(1);
+    let mut samples: Vec<f64> = (0..s.samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..batch {
+                black_box(f());
+            }
+            t.elapsed().as_secs_f64() * 1e9 / batch as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], samples[0])
+}
+
+/// Shared data kept in memory (the bench has no host).
+#[derive(Default)]
+struct MemoryStore(std::collections::HashMap<String, (Vec<u8>, u32)>);
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.0.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        let current = self.0.get(key).map(|(_, c)| *c);
+        if cas.is_some() && cas != current {
+            return Err(CasMismatch);
+        }
+        self.0.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+        Ok(())
+    }
+}
+
+fn config() -> Config {
+    let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+    let text = json!({
+        "fhir_base": "/fhir",
+        "providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks}],
+    });
+    Config::from_json(text.to_string().as_bytes()).unwrap()
+}
+
+fn token(alg: Algorithm, i: usize) -> String {
+    let mut claims = good_claims();
+    claims["scope"] = json!("launch/patient openid fhirUser patient/*.rs");
+    claims["jti"] = json!(format!("jti-{i}"));
+    mint(alg, Signer::for_alg(alg), &claims)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let markdown = args.iter().any(|a| a == "--markdown");
+    let s = if quick {
+        Settings {
+            samples: 11,
+            sample_target: Duration::from_millis(20),
+            warm_up: Duration::from_millis(100),
+        }
+    } else {
+        Settings {
+            samples: 31,
+            sample_target: Duration::from_millis(50),
+            warm_up: Duration::from_millis(300),
+        }
+    };
+    let config = config();
+    let mut rows = Vec::new();
+    let mut row = |name: &'static str, (median_ns, min_ns): (f64, f64)| {
+        rows.push(Row {
+            name,
+            median_ns,
+            min_ns,
+        })
+    };
+
+    // FHIR classification.
+    row(
+        "classify: GET /fhir/Patient/123",
+        measure(&s, || fhir::classify("GET", "/fhir/Patient/123", "/fhir")),
+    );
+    let search = "/fhir/Observation?patient=Patient/123&code=http://loinc.org|8867-4&_count=50&_sort=-date";
+    row(
+        "classify: search, 4 parameters",
+        measure(&s, || fhir::classify("GET", search, "/fhir")),
+    );
+
+    // Scope evaluation.
+    let words: Vec<String> = ["launch/patient", "openid", "fhirUser", "patient/*.rs", "user/Observation.cruds"]
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    row(
+        "scopes: GrantedScopes::parse, 5 words",
+        measure(&s, || GrantedScopes::parse(&words)),
+    );
+    // What the benchmark tokens carry: patient-level read and search only.
+    let words: Vec<String> = ["launch/patient", "openid", "fhirUser", "patient/*.rs"]
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    let granted = GrantedScopes::parse(&words);
+    let claims = VerifiedClaims {
+        issuer: ISS.into(),
+        patient: Some("123".into()),
+        scopes: words.clone(),
+        expires_at: NOW + 300,
+        ..Default::default()
+    };
+    let read = fhir::classify("GET", "/fhir/Patient/123", "/fhir").unwrap();
+    assert!(authz::authorize(&read, false, &claims, &granted, &config).is_ok());
+    row(
+        "authorize: patient/*.rs reads Patient/123",
+        measure(&s, || authz::authorize(&read, false, &claims, &granted, &config)),
+    );
+    let unconstrained = fhir::classify("GET", "/fhir/Observation?code=8867-4", "/fhir").unwrap();
+    let constrained = authz::authorize(&unconstrained, false, &claims, &granted, &config).unwrap();
+    assert!(constrained.append_query.is_some(), "the search gets the patient constraint");
+    row(
+        "authorize: patient search constrained",
+        measure(&s, || authz::authorize(&unconstrained, false, &claims, &granted, &config)),
+    );
+
+    // Signature and claims verification (pure Rust).
+    let keys = vec![Some(KeySet::from_jwks(&test_support::default_jwks()).unwrap())];
+    for (name, alg) in [
+        ("token::verify RS256 (jwt-simple)", Algorithm::RS256),
+        ("token::verify ES256 (jwt-simple)", Algorithm::ES256),
+    ] {
+        let t = token(alg, 0);
+        assert!(token::verify(&t, &config, &keys, NOW, &JwtSimpleVerifier).is_ok());
+        row(
+            name,
+            measure(&s, || token::verify(&t, &config, &keys, NOW, &JwtSimpleVerifier)),
+        );
+    }
+
+    // The whole decision, with the verified-token cache answering.
+    let mut engine = Engine::new(config.clone(), "bench").unwrap();
+    let mut store = MemoryStore::default();
+    let t = token(Algorithm::RS256, 0);
+    let auth = format!("Bearer {t}");
+    let headers: Vec<(String, String)> = vec![
+        (":authority".into(), "127.0.0.1".into()),
+        (":path".into(), "/fhir/Patient/123".into()),
+        (":method".into(), "GET".into()),
+        (":scheme".into(), "http".into()),
+        ("user-agent".into(), "wrk".into()),
+        ("accept".into(), "application/fhir+json".into()),
+        ("authorization".into(), auth),
+        ("x-forwarded-proto".into(), "http".into()),
+        ("x-request-id".into(), "0d7bd6b6-6c5b-4e0c-9a55-2b5c1c1b3f0e".into()),
+    ];
+    let now_ms = NOW * 1000;
+    let mut decide = |path: &str, engine: &mut Engine| {
+        let facts = RequestFacts {
+            method: "GET",
+            path,
+            headers: &headers,
+        };
+        engine.decide(&facts, now_ms, &mut store, &JwtSimpleVerifier, true)
+    };
+    assert!(matches!(decide("/fhir/Patient/123", &mut engine), Decision::Allow(_)));
+    assert_eq!(engine.cache().stats().misses, 1);
+    row(
+        "Engine::decide, cache hit, read",
+        measure(&s, || decide("/fhir/Patient/123", &mut engine)),
+    );
+    assert!(
+        matches!(decide("/fhir/Observation?code=8867-4", &mut engine), Decision::Allow(a) if a.new_path.is_some())
+    );
+    row(
+        "Engine::decide, cache hit, search constrained",
+        measure(&s, || decide("/fhir/Observation?code=8867-4", &mut engine)),
+    );
+    assert!(engine.cache().stats().misses == 1, "every timed decision was a cache hit");
+
+    if markdown {
+        println!("| case | median ns/op | min ns/op |");
+        println!("|---|---:|---:|");
+        for r in &rows {
+            println!("| {} | {:.0} | {:.0} |", r.name, r.median_ns, r.min_ns);
+        }
+    } else {
+        for r in &rows {
+            println!("{:<48} {:>12.0} ns/op (min {:.0})", r.name, r.median_ns, r.min_ns);
+        }
+    }
+}
