@@ -74,7 +74,8 @@ impl SharedStore for MemoryStore {
         if cas.is_some() && cas != current {
             return Err(CasMismatch);
         }
-        self.0.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+        self.0
+            .insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
         Ok(())
     }
 }
@@ -99,6 +100,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let markdown = args.iter().any(|a| a == "--markdown");
+    // Like libtest: the first argument that is not an option keeps only the cases naming it.
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
     let s = if quick {
         Settings {
             samples: 11,
@@ -114,34 +117,46 @@ fn main() {
     };
     let config = config();
     let mut rows = Vec::new();
-    let mut row = |name: &'static str, (median_ns, min_ns): (f64, f64)| {
-        rows.push(Row {
-            name,
-            median_ns,
-            min_ns,
-        })
-    };
+    let wanted = |name: &str| filter.as_deref().map_or(true, |f| name.contains(f));
+    // Measures `$f` as case `$name` unless the filter leaves it out.
+    macro_rules! case {
+        ($name:expr, $f:expr) => {
+            if wanted($name) {
+                let (median_ns, min_ns) = measure(&s, $f);
+                rows.push(Row {
+                    name: $name,
+                    median_ns,
+                    min_ns,
+                });
+            }
+        };
+    }
 
     // FHIR classification.
-    row(
-        "classify: GET /fhir/Patient/123",
-        measure(&s, || fhir::classify("GET", "/fhir/Patient/123", "/fhir")),
-    );
+    case!("classify: GET /fhir/Patient/123", || fhir::classify(
+        "GET",
+        "/fhir/Patient/123",
+        "/fhir"
+    ));
     let search = "/fhir/Observation?patient=Patient/123&code=http://loinc.org|8867-4&_count=50&_sort=-date";
-    row(
-        "classify: search, 4 parameters",
-        measure(&s, || fhir::classify("GET", search, "/fhir")),
-    );
+    case!("classify: search, 4 parameters", || fhir::classify(
+        "GET", search, "/fhir"
+    ));
 
     // Scope evaluation.
-    let words: Vec<String> = ["launch/patient", "openid", "fhirUser", "patient/*.rs", "user/Observation.cruds"]
-        .iter()
-        .map(|w| w.to_string())
-        .collect();
-    row(
-        "scopes: GrantedScopes::parse, 5 words",
-        measure(&s, || GrantedScopes::parse(&words)),
-    );
+    let words: Vec<String> = [
+        "launch/patient",
+        "openid",
+        "fhirUser",
+        "patient/*.rs",
+        "user/Observation.cruds",
+    ]
+    .iter()
+    .map(|w| w.to_string())
+    .collect();
+    case!("scopes: GrantedScopes::parse, 5 words", || GrantedScopes::parse(
+        &words
+    ));
     // What the benchmark tokens carry: patient-level read and search only.
     let words: Vec<String> = ["launch/patient", "openid", "fhirUser", "patient/*.rs"]
         .iter()
@@ -157,17 +172,22 @@ fn main() {
     };
     let read = fhir::classify("GET", "/fhir/Patient/123", "/fhir").unwrap();
     assert!(authz::authorize(&read, false, &claims, &granted, &config).is_ok());
-    row(
-        "authorize: patient/*.rs reads Patient/123",
-        measure(&s, || authz::authorize(&read, false, &claims, &granted, &config)),
-    );
+    case!("authorize: patient/*.rs reads Patient/123", || authz::authorize(
+        &read, false, &claims, &granted, &config
+    ));
     let unconstrained = fhir::classify("GET", "/fhir/Observation?code=8867-4", "/fhir").unwrap();
     let constrained = authz::authorize(&unconstrained, false, &claims, &granted, &config).unwrap();
-    assert!(constrained.append_query.is_some(), "the search gets the patient constraint");
-    row(
-        "authorize: patient search constrained",
-        measure(&s, || authz::authorize(&unconstrained, false, &claims, &granted, &config)),
+    assert!(
+        constrained.append_query.is_some(),
+        "the search gets the patient constraint"
     );
+    case!("authorize: patient search constrained", || authz::authorize(
+        &unconstrained,
+        false,
+        &claims,
+        &granted,
+        &config
+    ));
 
     // Signature and claims verification (pure Rust).
     let keys = vec![Some(KeySet::from_jwks(&test_support::default_jwks()).unwrap())];
@@ -177,10 +197,13 @@ fn main() {
     ] {
         let t = token(alg, 0);
         assert!(token::verify(&t, &config, &keys, NOW, &JwtSimpleVerifier).is_ok());
-        row(
-            name,
-            measure(&s, || token::verify(&t, &config, &keys, NOW, &JwtSimpleVerifier)),
-        );
+        case!(name, || token::verify(
+            &t,
+            &config,
+            &keys,
+            NOW,
+            &JwtSimpleVerifier
+        ));
     }
 
     // The whole decision, with the verified-token cache answering.
@@ -197,7 +220,10 @@ fn main() {
         ("accept".into(), "application/fhir+json".into()),
         ("authorization".into(), auth),
         ("x-forwarded-proto".into(), "http".into()),
-        ("x-request-id".into(), "0d7bd6b6-6c5b-4e0c-9a55-2b5c1c1b3f0e".into()),
+        (
+            "x-request-id".into(),
+            "0d7bd6b6-6c5b-4e0c-9a55-2b5c1c1b3f0e".into(),
+        ),
     ];
     let now_ms = NOW * 1000;
     let mut decide = |path: &str, engine: &mut Engine| {
@@ -208,20 +234,26 @@ fn main() {
         };
         engine.decide(&facts, now_ms, &mut store, &JwtSimpleVerifier, true)
     };
-    assert!(matches!(decide("/fhir/Patient/123", &mut engine), Decision::Allow(_)));
+    assert!(matches!(
+        decide("/fhir/Patient/123", &mut engine),
+        Decision::Allow(_)
+    ));
     assert_eq!(engine.cache().stats().misses, 1);
-    row(
-        "Engine::decide, cache hit, read",
-        measure(&s, || decide("/fhir/Patient/123", &mut engine)),
-    );
+    case!("Engine::decide, cache hit, read", || decide(
+        "/fhir/Patient/123",
+        &mut engine
+    ));
     assert!(
         matches!(decide("/fhir/Observation?code=8867-4", &mut engine), Decision::Allow(a) if a.new_path.is_some())
     );
-    row(
-        "Engine::decide, cache hit, search constrained",
-        measure(&s, || decide("/fhir/Observation?code=8867-4", &mut engine)),
+    case!("Engine::decide, cache hit, search constrained", || decide(
+        "/fhir/Observation?code=8867-4",
+        &mut engine
+    ));
+    assert!(
+        engine.cache().stats().misses == 1,
+        "every timed decision was a cache hit"
     );
-    assert!(engine.cache().stats().misses == 1, "every timed decision was a cache hit");
 
     if markdown {
         println!("| case | median ns/op | min ns/op |");

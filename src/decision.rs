@@ -28,6 +28,9 @@ use crate::token_cache::{CachedToken, TokenCache};
 /// Prefix of the headers this filter forwards; inbound ones are removed from every request.
 pub const FORWARDED_PREFIX: &str = "x-smart-";
 
+/// The path, under `fhir_base`, of the SMART configuration document the filter can answer itself.
+pub const WELL_KNOWN_SMART_CONFIGURATION: &str = "/.well-known/smart-configuration";
+
 /// Headers that ask an upstream to treat a request as another method.
 pub const METHOD_OVERRIDE_HEADERS: &[&str] =
     &["x-http-method-override", "x-http-method", "x-method-override"];
@@ -172,7 +175,7 @@ impl Engine {
         may_wait: bool,
     ) -> Decision {
         let mut facts = Facts::default();
-        let config = self.config.clone();
+        let config = &*self.config;
         let deny = |d: Denial, f: Facts| Decision::Deny(d, Box::new(f));
 
         // 1. Method, and method overrides (never forwarded unchecked).
@@ -206,8 +209,11 @@ impl Engine {
             None => (req.path, ""),
         };
         if matches!(method, fhir::Method::Get | fhir::Method::Head) {
-            let well_known = format!("{}/.well-known/smart-configuration", config.fhir_base);
-            if path == well_known {
+            // `{fhir_base}/.well-known/smart-configuration`, compared without building it.
+            let well_known = path
+                .strip_prefix(config.fhir_base.as_str())
+                .is_some_and(|rest| rest == WELL_KNOWN_SMART_CONFIGURATION);
+            if well_known {
                 if let Some(doc) = &config.smart_configuration {
                     return Decision::Respond(LocalResponse {
                         status: 200,
@@ -231,21 +237,23 @@ impl Engine {
             Ok(t) => t,
             Err(e) => return deny(e.denial(), facts),
         };
-        facts.token_hash = Some(token::token_fingerprint(token));
         let now_s = now_ms / 1000;
         let generation = self.keys.generations();
-        let cached = self.cache.get(token, now_s, generation);
-        let entry = match cached {
-            Some(entry) => {
-                facts.cache_hit = true;
-                entry
-            }
-            None => match token::verify(token, &config, &self.keys, now_s, verifier) {
+        let entry = if let Some(entry) = self.cache.get(token, now_s, generation) {
+            facts.cache_hit = true;
+            facts.token_hash = Some(entry.token_hash.clone());
+            entry
+        } else {
+            // Hashed (and verified) once per token, until its `exp` or a key change.
+            let token_hash = token::token_fingerprint(token);
+            facts.token_hash = Some(token_hash.clone());
+            match token::verify(token, config, &self.keys, now_s, verifier) {
                 Ok(claims) => {
                     let granted = GrantedScopes::parse(&claims.scopes);
                     let entry = Rc::new(CachedToken {
                         claims: Rc::new(claims),
                         granted,
+                        token_hash,
                     });
                     self.cache.insert(token, entry.clone(), now_s, generation);
                     entry
@@ -271,7 +279,7 @@ impl Engine {
                     return deny(Denial::InvalidToken(TokenReason::UnknownKey), facts);
                 }
                 Err(e) => return deny(e.denial(), facts),
-            },
+            }
         };
         let claims = entry.claims.clone();
         facts.claims = Some(claims.clone());
@@ -289,11 +297,11 @@ impl Engine {
         // 5. SMART authorization.
         let conditional_create = matches!(request.interaction, Interaction::Create { .. })
             && req.header("if-none-exist").is_some();
-        let authorized =
-            match authz::authorize(&request, conditional_create, &claims, &entry.granted, &config) {
-                Ok(a) => a,
-                Err(f) => return deny(f.to_denial(), facts),
-            };
+        let authorized = match authz::authorize(&request, conditional_create, &claims, &entry.granted, config)
+        {
+            Ok(a) => a,
+            Err(f) => return deny(f.to_denial(), facts),
+        };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
 
         // 6. Forward the verified facts.

@@ -74,13 +74,27 @@ def http_get(port, path, headers=None, timeout=5):
         conn.close()
 
 
+def with_second_module(yaml, wasm):
+    """Adds listener `smart_fhir_edge_alt`: listener C with another build of the module (own VM)."""
+    start = yaml.index("  - name: smart_fhir_edge\n")
+    end = yaml.index("  clusters:\n")
+    block = yaml[start:end]
+    block = block.replace("  - name: smart_fhir_edge\n", "  - name: smart_fhir_edge_alt\n", 1)
+    block = block.replace("stat_prefix: smart_fhir_edge", "stat_prefix: smart_fhir_edge_alt")
+    block = block.replace("vm_id: smart_fhir_edge", "vm_id: smart_fhir_edge_alt")
+    block = block.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(wasm)}")
+    return yaml[:end] + block + yaml[end:]
+
+
 class Envoy:
-    def __init__(self, envoy_bin, wasm, workdir):
+    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None):
         self.workdir = workdir
         with open(os.path.join(HERE, "envoy.yaml")) as f:
             yaml = f.read()
         upstream = free_port()
         yaml = yaml.replace(f"port_value: {UPSTREAM_PLACEHOLDER}", f"port_value: {upstream}")
+        if second_wasm:
+            yaml = with_second_module(yaml, second_wasm)
         yaml = yaml.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(wasm)}")
         config = os.path.join(workdir, "envoy.yaml")
         with open(config, "w") as f:
@@ -129,6 +143,13 @@ class Envoy:
             if "name" in s and "value" in s:
                 out[s["name"]] = s["value"]
         return out
+
+    def cpu_seconds(self):
+        """User + system CPU time of the Envoy process (all threads) so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # After the command name: state is field 3, utime field 14, stime field 15 (1-based).
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -183,9 +204,11 @@ def read_tokens(path):
         return [l.strip() for l in f if l.strip()]
 
 
-def sanity(envoy, token):
+def sanity(envoy, token, skip=()):
     """Every listener answers 200 with the token; the authenticating ones 401 without it."""
     for label, name, _ in LISTENERS:
+        if label in skip:
+            continue
         port = envoy.ports[name]
         ok, _ = http_get(port, PATH, {"Authorization": f"Bearer {token}"})
         none, _ = http_get(port, PATH)
@@ -233,7 +256,14 @@ def main():
     ap.add_argument("--distinct", type=int, default=2000)
     ap.add_argument("--memory-tokens", type=int, default=100_000)
     ap.add_argument("--json", help="also write the raw measurements here")
+    ap.add_argument("--compare-wasm", help="another build of the module, measured as listener C0 "
+                    "(same policy, own VM) next to C: for before/after comparisons")
+    ap.add_argument("--unchecked-compare", action="store_true",
+                    help="do not require C0 to refuse requests without a token (experimental builds)")
+    ap.add_argument("--workloads", default="same,distinct,fresh", help="comma-separated subset")
     args = ap.parse_args()
+    if args.compare_wasm:
+        LISTENERS.append(("C0", "smart_fhir_edge_alt", "smart-fhir-edge, --compare-wasm build"))
 
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -254,16 +284,17 @@ def main():
     wasm_size = os.path.getsize(args.wasm)
     log(f"bench: Envoy {version}; {nproc} CPUs ({model}); load {load_before}; module {wasm_size} bytes")
 
-    envoy = Envoy(args.envoy, args.wasm, workdir)
+    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm)
     results = {}  # (workload, label) -> list of runs
     memory = {}
     try:
-        sanity(envoy, tokens[0])
+        sanity(envoy, tokens[0], skip=("C0",) if args.unchecked_compare else ())
         url = lambda name: f"http://127.0.0.1:{envoy.ports[name]}{PATH}"
         workloads = [("same", "same token on every request"),
                      ("distinct", f"{args.distinct:,} distinct tokens in rotation (RS256)")]
         if fresh:
             workloads.append(("fresh", f"a never-seen token on every request (ES256, {fresh_count:,} in rotation)"))
+        workloads = [w for w in workloads if w[0] in args.workloads.split(",")]
         # Warm-up: JIT, connection pools, and one pass over the distinct tokens (C and B' cache them).
         for _, name, _ in LISTENERS:
             wrk(url(name), 2, args.connections, token=tokens[0])
@@ -272,6 +303,7 @@ def main():
         for workload, _ in workloads:
             for r in range(args.rounds):
                 for label, name, _ in LISTENERS:
+                    cpu_before = envoy.cpu_seconds()
                     if workload == "same":
                         run = wrk(url(name), args.duration, args.connections, token=tokens[0])
                     elif workload == "distinct":
@@ -281,12 +313,14 @@ def main():
                         run = wrk(url(name), args.duration, args.connections, token_file=fresh,
                                   offset=fresh_offset)
                         fresh_offset += run["requests"] + args.connections
+                    run["cpu_us"] = (envoy.cpu_seconds() - cpu_before) * 1e6 / max(run["requests"], 1)
                     results.setdefault((workload, label), []).append(run)
                     log(f"  {workload:<8} round {r + 1} {label:<2} {run['rps']:>9.0f} req/s  "
-                        f"p50 {fmt_ms(run['p50'])} ms  p99 {fmt_ms(run['p99'])} ms"
+                        f"p50 {fmt_ms(run['p50'])} ms  p99 {fmt_ms(run['p99'])} ms  "
+                        f"Envoy CPU {run['cpu_us']:.1f} us/req"
                         + (f"  NON-2XX {run['non2xx']}" if run["non2xx"] else ""))
         # Memory: at least --memory-tokens distinct tokens through C, then the largest VM memory.
-        if fresh:
+        if fresh and args.memory_tokens > 0:
             seen = sum(run["requests"] for run in results.get(("fresh", "C"), []))
             before = envoy.stats().get(MEMORY_GAUGE)
             while seen < min(args.memory_tokens, fresh_count):
@@ -321,17 +355,27 @@ def main():
     for workload, title in [(w, t) for w, t in workloads]:
         lines.append(f"### {workload}: {title}")
         lines.append("")
-        lines.append("| listener | req/s | p50 ms | p99 ms | non-2xx |")
-        lines.append("|---|---:|---:|---:|---:|")
+        lines.append("| listener | req/s | p50 ms | p99 ms | Envoy CPU µs/req | non-2xx |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
         for label, name, desc in LISTENERS:
             runs = results.get((workload, label), [])
             bad = sum(r["non2xx"] for r in runs)
             lines.append(f"| {label} {desc} | {med(workload, label, 'rps'):,.0f} | "
-                         f"{fmt_ms(med(workload, label, 'p50'))} | {fmt_ms(med(workload, label, 'p99'))} | {bad} |")
+                         f"{fmt_ms(med(workload, label, 'p50'))} | {fmt_ms(med(workload, label, 'p99'))} | "
+                         f"{med(workload, label, 'cpu_us'):.1f} | {bad} |")
         a, b, b2, c = (med(workload, l, "rps") for l in ("A", "B", "B'", "C"))
         lines.append("")
         lines.append(f"Ratios (req/s): B/A {b / a:.2f}, C/A {c / a:.2f}, C/B {c / b:.2f}, C/B' {c / b2:.2f}; "
-                     f"p99 C/B {med(workload, 'C', 'p99') / med(workload, 'B', 'p99'):.2f}.")
+                     f"p99 C/B {med(workload, 'C', 'p99') / med(workload, 'B', 'p99'):.2f}."
+                     + (f" C/C0 {c / med(workload, 'C0', 'rps'):.2f}." if args.compare_wasm else ""))
+        ca, cb = (med(workload, l, "cpu_us") for l in ("A", "B"))
+        cc = med(workload, "C", "cpu_us")
+        lines.append("")
+        lines.append(f"Envoy CPU per request (less sensitive to other load on the machine than req/s): "
+                     f"C/A {cc / ca:.2f}, B/A {cb / ca:.2f}, C/B {cc / cb:.2f}; "
+                     f"filter cost over A: C {cc - ca:+.1f} µs, B {cb - ca:+.1f} µs"
+                     + (f", C0 {med(workload, 'C0', 'cpu_us') - ca:+.1f} µs" if args.compare_wasm else "")
+                     + ".")
         lines.append("")
     if memory:
         gauge = memory["vm_memory_max_bytes"]

@@ -23,12 +23,31 @@ pub struct StreamState {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
-    pub request_id: Option<String>,
-    pub format: Option<Format>,
     /// The filter answered this request itself: its response is not rewritten.
     pub replied_locally: bool,
     /// The response body is being replaced by this OperationOutcome.
     pub rewrite: Option<String>,
+}
+
+impl StreamState {
+    /// The first value of a request header (names as Envoy gives them: lowercase).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `x-request-id`, echoed in OperationOutcomes.
+    fn request_id(&self) -> Option<&str> {
+        self.header("x-request-id")
+    }
+
+    /// The format of the OperationOutcomes this stream may send (`_format`, else `Accept`);
+    /// negotiated only when one is sent.
+    fn format(&self) -> Format {
+        Format::negotiate(self.header("accept"), format_param(&self.path).as_deref())
+    }
 }
 
 pub struct Stream {
@@ -64,9 +83,9 @@ impl Stream {
     /// Sends an OperationOutcome as this stream's local reply.
     fn reply(state: &mut StreamState, denial: &Denial, realm: &str) {
         let r = denial.reply(realm);
-        let format = state.format.unwrap_or(Format::Json);
+        let format = state.format();
         let body = OperationOutcome::single(r.severity, r.code, r.diagnostics)
-            .with_request_id(state.request_id.as_deref())
+            .with_request_id(state.request_id())
             .render(format);
         let retry = r.retry_after.map(|s| s.to_string());
         let mut headers: Vec<(&str, &str)> = vec![
@@ -187,28 +206,20 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = host::request_headers();
+        let mut kept = host::request_headers();
         // Inbound x-smart-* headers are removed from every request: only this filter sets them.
-        let mut kept = Vec::with_capacity(headers.len());
-        for (name, value) in headers {
-            if is_forwarded_header(&name) {
-                host::remove_header(MapType::HttpRequestHeaders, &name);
-            } else {
-                kept.push((name, value));
+        kept.retain(|(name, _)| {
+            let forwarded = is_forwarded_header(name);
+            if forwarded {
+                host::remove_header(MapType::HttpRequestHeaders, name);
             }
-        }
+            !forwarded
+        });
         {
             let mut s = self.state.borrow_mut();
-            let get = |n: &str| kept.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-            s.method = get(":method").unwrap_or_default();
-            s.path = get(":path").unwrap_or_default();
-            s.request_id = get("x-request-id");
-            let accept = get("accept");
-            s.format = Some(Format::negotiate(
-                accept.as_deref(),
-                format_param(&s.path).as_deref(),
-            ));
             s.headers = kept;
+            s.method = s.header(":method").unwrap_or_default().to_string();
+            s.path = s.header(":path").unwrap_or_default().to_string();
         }
         let Some(vm) = self.vm.clone() else {
             // No configuration (Envoy does not create streams then); fail closed all the same.
@@ -228,6 +239,11 @@ impl HttpContext for Stream {
         let status: u16 = host::header(MapType::HttpResponseHeaders, ":status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if status < 400 {
+            // No error: nothing to rewrite (`needs_rewrite` is false below 400), so neither the
+            // content type nor the response details are asked of the host.
+            return Action::Continue;
+        }
         let content_type = host::header(MapType::HttpResponseHeaders, "content-type");
         let details = host::property(&["response", "code_details"]);
         let source = outcome::error_source(details.as_deref());
@@ -235,7 +251,7 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let (code, text) = outcome::issue_for_status(status, details.as_deref(), source);
-        let format = s.format.unwrap_or(Format::Json);
+        let format = s.format();
         host::set_header(
             MapType::HttpResponseHeaders,
             "content-type",
@@ -249,7 +265,7 @@ impl HttpContext for Stream {
         // dropped chunk by chunk and the OperationOutcome written at its end. Nothing is paused:
         // Envoy's own local replies must never be held.
         let body = OperationOutcome::single(IssueSeverity::Error, code, text)
-            .with_request_id(s.request_id.as_deref())
+            .with_request_id(s.request_id())
             .render(format);
         host::set_header(
             MapType::HttpResponseHeaders,

@@ -66,11 +66,25 @@ where
 /// RFC 6750 §2.1 `b64token`.
 fn is_b64token(s: &str) -> bool {
     let body = s.trim_end_matches('=');
+    // A table lookup per byte: this runs over the whole token on every request.
     !body.is_empty()
         && body
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+            .all(|b| B64TOKEN_BODY.get(usize::from(b)) == Some(&true))
 }
+
+/// The characters of a `b64token` before its trailing `=`: `ALPHA / DIGIT / "-" / "." / "_" /
+/// "~" / "+" / "/"`, indexed by byte.
+static B64TOKEN_BODY: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 /// Whether the query names `access_token` (percent-decoded, as the upstream server would read it).
 fn query_has_access_token(query: &str) -> bool {
@@ -142,6 +156,27 @@ mod tests {
         }
         // Header names are compared without regard to case.
         assert_eq!(extract(&[("Authorization", "Bearer t")], ""), Ok("t"));
+    }
+
+    #[test]
+    fn accepts_exactly_the_b64token_characters_of_rfc_6750() {
+        let allowed: Vec<u8> = (b'A'..=b'Z')
+            .chain(b'a'..=b'z')
+            .chain(b'0'..=b'9')
+            .chain(*b"-._~+/")
+            .collect();
+        // Every ASCII byte in the middle of a token (other bytes are not ASCII header text).
+        for byte in 0..128u8 {
+            let token = format!("ab{}cd", char::from(byte));
+            let value = format!("Bearer {token}");
+            let headers = [("authorization", value.as_str())];
+            let got = extract(&headers, "");
+            if allowed.contains(&byte) {
+                assert_eq!(got, Ok(token.as_str()), "byte {byte:#04x}");
+            } else {
+                assert!(got.is_err(), "byte {byte:#04x} must be refused");
+            }
+        }
     }
 
     #[test]
