@@ -25,7 +25,7 @@ Python 3 standard library only. Run by `make bench`; by hand:
 
   envoy/bench/run.py --envoy .venv/bin/envoy --wasm target/wasm32-wasip1/release/smart_fhir_edge.wasm \
       --tokens target/bench/tokens.txt --fresh-tokens target/bench/tokens-fresh.txt \
-      --out target/bench/results.md [--micro target/bench/micro.md] [--duration 8] [--rounds 3]
+      --out target/bench/results.md [--micro target/bench/micro.md] [--duration 5] [--rounds 5]
 """
 
 import argparse
@@ -250,8 +250,8 @@ def main():
     ap.add_argument("--fresh-tokens", help="ES256 tokens for the fresh workload and memory run (100,000)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--micro", help="Markdown table of the native micro-benchmarks to include")
-    ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--distinct", type=int, default=2000)
     ap.add_argument("--memory-tokens", type=int, default=100_000)
@@ -260,10 +260,12 @@ def main():
                     "(same policy, own VM) next to C: for before/after comparisons")
     ap.add_argument("--unchecked-compare", action="store_true",
                     help="do not require C0 to refuse requests without a token (experimental builds)")
+    ap.add_argument("--listeners", help="comma-separated subset of A,B,B',C,C0 to measure (all by default)")
     ap.add_argument("--workloads", default="same,distinct,fresh", help="comma-separated subset")
     args = ap.parse_args()
     if args.compare_wasm:
         LISTENERS.append(("C0", "smart_fhir_edge_alt", "smart-fhir-edge, --compare-wasm build"))
+    measured = [l for l in LISTENERS if not args.listeners or l[0] in args.listeners.split(",")]
 
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -296,13 +298,13 @@ def main():
             workloads.append(("fresh", f"a never-seen token on every request (ES256, {fresh_count:,} in rotation)"))
         workloads = [w for w in workloads if w[0] in args.workloads.split(",")]
         # Warm-up: JIT, connection pools, and one pass over the distinct tokens (C and B' cache them).
-        for _, name, _ in LISTENERS:
+        for _, name, _ in measured:
             wrk(url(name), 2, args.connections, token=tokens[0])
             wrk(url(name), 2, args.connections, token_file=distinct_file)
         fresh_offset = 0
         for workload, _ in workloads:
             for r in range(args.rounds):
-                for label, name, _ in LISTENERS:
+                for label, name, _ in measured:
                     cpu_before = envoy.cpu_seconds()
                     if workload == "same":
                         run = wrk(url(name), args.duration, args.connections, token=tokens[0])
@@ -357,26 +359,35 @@ def main():
         lines.append("")
         lines.append("| listener | req/s | p50 ms | p99 ms | Envoy CPU µs/req | non-2xx |")
         lines.append("|---|---:|---:|---:|---:|---:|")
-        for label, name, desc in LISTENERS:
+        for label, name, desc in measured:
             runs = results.get((workload, label), [])
             bad = sum(r["non2xx"] for r in runs)
             lines.append(f"| {label} {desc} | {med(workload, label, 'rps'):,.0f} | "
                          f"{fmt_ms(med(workload, label, 'p50'))} | {fmt_ms(med(workload, label, 'p99'))} | "
                          f"{med(workload, label, 'cpu_us'):.1f} | {bad} |")
-        a, b, b2, c = (med(workload, l, "rps") for l in ("A", "B", "B'", "C"))
+        def paired(x, y, key):
+            """Median over the rounds of x/y measured in the same round (drift in the machine's other
+            load cancels out)."""
+            xs, ys = results.get((workload, x), []), results.get((workload, y), [])
+            return statistics.median(a[key] / b[key] for a, b in zip(xs, ys))
+        labels = [l for l, _, _ in measured]
+        pairs = [(x, y) for x, y in [("B", "A"), ("C", "A"), ("C", "B"), ("C", "B'"), ("C", "C0")]
+                 if x in labels and y in labels]
         lines.append("")
-        lines.append(f"Ratios (req/s): B/A {b / a:.2f}, C/A {c / a:.2f}, C/B {c / b:.2f}, C/B' {c / b2:.2f}; "
-                     f"p99 C/B {med(workload, 'C', 'p99') / med(workload, 'B', 'p99'):.2f}."
-                     + (f" C/C0 {c / med(workload, 'C0', 'rps'):.2f}." if args.compare_wasm else ""))
-        ca, cb = (med(workload, l, "cpu_us") for l in ("A", "B"))
-        cc = med(workload, "C", "cpu_us")
-        lines.append("")
-        lines.append(f"Envoy CPU per request (less sensitive to other load on the machine than req/s): "
-                     f"C/A {cc / ca:.2f}, B/A {cb / ca:.2f}, C/B {cc / cb:.2f}; "
-                     f"filter cost over A: C {cc - ca:+.1f} µs, B {cb - ca:+.1f} µs"
-                     + (f", C0 {med(workload, 'C0', 'cpu_us') - ca:+.1f} µs" if args.compare_wasm else "")
-                     + ".")
-        lines.append("")
+        if pairs:
+            lines.append("| ratio (median of per-round ratios) | " + " | ".join(f"{x}/{y}" for x, y in pairs) + " |")
+            lines.append("|---|" + "---:|" * len(pairs))
+            for key, title in [("rps", "req/s"), ("p50", "p50 latency"), ("p99", "p99 latency"),
+                               ("cpu_us", "Envoy CPU per request")]:
+                lines.append(f"| {title} | " + " | ".join(f"{paired(x, y, key):.2f}" for x, y in pairs) + " |")
+            lines.append("")
+            if "A" in labels:
+                cost = {l: statistics.median(a["cpu_us"] - b["cpu_us"] for a, b in
+                                             zip(results[(workload, l)], results[(workload, "A")]))
+                        for l in labels if l != "A"}
+                lines.append("Envoy CPU per request above A (median of per-round differences): "
+                             + ", ".join(f"{l} {v:+.1f} µs" for l, v in cost.items()) + ".")
+                lines.append("")
     if memory:
         gauge = memory["vm_memory_max_bytes"]
         lines.append("### Memory")
