@@ -51,7 +51,11 @@ pub struct CacheStats {
 pub struct TokenCache {
     map: HashMap<Key, Entry>,
     order: VecDeque<Key>,
+    /// Approximate bytes of the entries in `map`.
     bytes: usize,
+    /// Bytes of the tokens still referenced by `order` after their entries expired on lookup; they
+    /// count against the byte bound until they leave `order`.
+    stale_bytes: usize,
     generation: u64,
     max_entries: usize,
     max_bytes: usize,
@@ -84,6 +88,7 @@ impl TokenCache {
             map: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            stale_bytes: 0,
             generation: 0,
             max_entries: max_entries.max(1),
             max_bytes,
@@ -99,8 +104,9 @@ impl TokenCache {
         self.map.is_empty()
     }
 
+    /// Approximate bytes held, tokens included.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.stale_bytes
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -118,6 +124,7 @@ impl TokenCache {
             self.map.clear();
             self.order.clear();
             self.bytes = 0;
+            self.stale_bytes = 0;
             self.generation = generation;
         }
     }
@@ -131,6 +138,8 @@ impl TokenCache {
             Some(_) => {
                 if let Some(e) = self.map.remove(token) {
                     self.bytes = self.bytes.saturating_sub(e.bytes);
+                    // Its key stays in `order` (and holds the token) until evicted or compacted.
+                    self.stale_bytes += token.len();
                 }
                 None
             }
@@ -168,19 +177,24 @@ impl TokenCache {
             self.order.push_back(key);
         }
         self.bytes += bytes;
-        while self.map.len() > self.max_entries || self.bytes > self.max_bytes {
+        while self.map.len() > self.max_entries || self.bytes + self.stale_bytes > self.max_bytes {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if let Some(e) = self.map.remove(&oldest) {
-                self.bytes = self.bytes.saturating_sub(e.bytes);
-                self.count(|s| s.evictions += 1);
+            match self.map.remove(&oldest) {
+                Some(e) => {
+                    self.bytes = self.bytes.saturating_sub(e.bytes);
+                    self.count(|s| s.evictions += 1);
+                }
+                // Not in the map: the key of an entry that expired on lookup.
+                None => self.stale_bytes = self.stale_bytes.saturating_sub(oldest.len()),
             }
         }
-        // Keys of entries removed on expiry linger in `order`; bound it too.
+        // Keys of entries removed on expiry linger in `order`; bound their number too.
         if self.order.len() > self.max_entries * 2 {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
+            self.stale_bytes = 0;
         }
     }
 }
@@ -269,6 +283,27 @@ mod tests {
             c.len()
         );
         assert!(c.get(&format!("0099{}", "t".repeat(2_000)), 2, 1).is_some());
+    }
+
+    #[test]
+    fn tokens_of_entries_expired_on_lookup_still_count_until_they_are_released() {
+        let mut c = TokenCache::new(1_000, 20_000);
+        let token = |i: usize| format!("{i:04}{}", "t".repeat(2_000));
+        for i in 0..8 {
+            c.insert(&token(i), entry(100, "p"), 1, 1);
+        }
+        let held = c.bytes();
+        for i in 0..8 {
+            assert!(c.get(&token(i), 100, 1).is_none(), "expired");
+        }
+        assert!(c.is_empty());
+        assert!(c.bytes() >= 8 * 2_000, "the expired tokens are still referenced");
+        assert!(c.bytes() < held);
+        for i in 100..200 {
+            c.insert(&token(i), entry(10_000, "p"), 100, 1);
+            assert!(c.bytes() <= 20_000, "after {i}: {} bytes", c.bytes());
+        }
+        assert!(c.get(&token(199), 101, 1).is_some());
     }
 
     #[test]
