@@ -89,8 +89,8 @@ pub struct Facts {
 /// A request allowed: what to change before forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    /// Headers to set (the verified facts).
-    pub set_headers: Vec<(&'static str, String)>,
+    /// Headers to set (the verified facts); shared with the cached token they come from.
+    pub set_headers: Rc<[(&'static str, String)]>,
     /// A new `:path` (a patient constraint appended), when the query changes.
     pub new_path: Option<String>,
     pub facts: Facts,
@@ -225,15 +225,16 @@ impl Engine {
             if config.public_paths.iter().any(|p| p == path) {
                 facts.public = true;
                 return Decision::Allow(Allowed {
-                    set_headers: Vec::new(),
+                    set_headers: Rc::from(Vec::new()),
                     new_path: None,
                     facts,
                 });
             }
         }
 
-        // 3. The bearer token.
-        let token = match token::bearer_token(req.headers, query, config.max_token_bytes) {
+        // 3. The bearer token. Its characters are checked on a cache miss only: a hit has the exact
+        // bytes of a token that passed every check.
+        let token = match token::bearer_credentials(req.headers, query, config.max_token_bytes) {
             Ok(t) => t,
             Err(e) => return deny(e.denial(), facts),
         };
@@ -244,16 +245,21 @@ impl Engine {
             facts.token_hash = Some(entry.token_hash.clone());
             entry
         } else {
+            if let Err(e) = token::check_b64token(token) {
+                return deny(e.denial(), facts);
+            }
             // Hashed (and verified) once per token, until its `exp` or a key change.
             let token_hash = token::token_fingerprint(token);
             facts.token_hash = Some(token_hash.clone());
             match token::verify(token, config, &self.keys, now_s, verifier) {
                 Ok(claims) => {
                     let granted = GrantedScopes::parse(&claims.scopes);
+                    let forwarded = forwarded_headers(&claims);
                     let entry = Rc::new(CachedToken {
                         claims: Rc::new(claims),
                         granted,
                         token_hash,
+                        forwarded,
                     });
                     self.cache.insert(token, entry.clone(), now_s, generation);
                     entry
@@ -304,25 +310,8 @@ impl Engine {
         };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
 
-        // 6. Forward the verified facts.
-        let mut set_headers = Vec::with_capacity(6);
-        if let Some(p) = &claims.patient {
-            set_headers.push(("x-smart-patient", p.clone()));
-        }
-        set_headers.push(("x-smart-scope", claims.scope_string()));
-        if let Some(c) = &claims.client_id {
-            set_headers.push(("x-smart-client-id", c.clone()));
-        }
-        if let Some(s) = &claims.subject {
-            set_headers.push(("x-smart-sub", s.clone()));
-        }
-        if let Some(u) = &claims.fhir_user {
-            set_headers.push(("x-smart-fhir-user", u.clone()));
-        }
-        if let Some(e) = &claims.encounter {
-            set_headers.push(("x-smart-encounter", e.clone()));
-        }
-        set_headers.retain(|(_, v)| is_header_value_safe(v));
+        // 6. Forward the verified facts (built once per token: see `forwarded_headers`).
+        let set_headers = entry.forwarded.clone();
         // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
         let new_path = authorized.append_query.as_ref().map(|(name, value)| {
             let mut q = request.query.clone();
@@ -335,6 +324,30 @@ impl Engine {
             facts,
         })
     }
+}
+
+/// The `x-smart-*` headers a token's claims forward upstream, values with control characters left
+/// out.
+fn forwarded_headers(claims: &VerifiedClaims) -> Rc<[(&'static str, String)]> {
+    let mut set_headers = Vec::with_capacity(6);
+    if let Some(p) = &claims.patient {
+        set_headers.push(("x-smart-patient", p.clone()));
+    }
+    set_headers.push(("x-smart-scope", claims.scope_string()));
+    if let Some(c) = &claims.client_id {
+        set_headers.push(("x-smart-client-id", c.clone()));
+    }
+    if let Some(s) = &claims.subject {
+        set_headers.push(("x-smart-sub", s.clone()));
+    }
+    if let Some(u) = &claims.fhir_user {
+        set_headers.push(("x-smart-fhir-user", u.clone()));
+    }
+    if let Some(e) = &claims.encounter {
+        set_headers.push(("x-smart-encounter", e.clone()));
+    }
+    set_headers.retain(|(_, v)| is_header_value_safe(v));
+    Rc::from(set_headers)
 }
 
 /// Header values forwarded upstream must not carry control characters (header injection).

@@ -23,6 +23,8 @@ pub struct CachedToken {
     pub granted: GrantedScopes,
     /// [`crate::token::token_fingerprint`] of the token, computed once at verification.
     pub token_hash: String,
+    /// The `x-smart-*` headers its claims forward upstream, built once at verification.
+    pub forwarded: Rc<[(&'static str, String)]>,
 }
 
 /// Default bound on entries.
@@ -68,8 +70,10 @@ impl Default for TokenCache {
     }
 }
 
-/// Approximate heap bytes of an entry: the token, the claims' strings plus fixed overhead.
-fn size_of(token: &str, claims: &VerifiedClaims) -> usize {
+/// Approximate heap bytes of an entry: the token, the claims' strings, the forwarded header
+/// values, plus fixed overhead.
+fn size_of(token: &str, value: &CachedToken) -> usize {
+    let claims = &value.claims;
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     256 + token.len()
         + claims.issuer.len()
@@ -80,6 +84,7 @@ fn size_of(token: &str, claims: &VerifiedClaims) -> usize {
         + opt(&claims.fhir_user)
         + opt(&claims.jti)
         + claims.scopes.iter().map(|s| s.len() * 3 + 48).sum::<usize>()
+        + value.forwarded.iter().map(|(_, v)| v.len() + 32).sum::<usize>()
 }
 
 impl TokenCache {
@@ -159,7 +164,7 @@ impl TokenCache {
         if expires_at <= now_s {
             return;
         }
-        let bytes = size_of(token, &value.claims);
+        let bytes = size_of(token, &value);
         if bytes > self.max_bytes {
             return;
         }
@@ -215,6 +220,7 @@ mod tests {
             granted: GrantedScopes::parse(&claims.scopes),
             claims: Rc::new(claims),
             token_hash: "0123456789ab".into(),
+            forwarded: Rc::from(Vec::new()),
         })
     }
 

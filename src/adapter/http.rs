@@ -136,7 +136,7 @@ impl Stream {
         let config = v.engine.config().clone();
         match decision {
             Decision::Allow(allowed) => {
-                for (name, value) in &allowed.set_headers {
+                for (name, value) in allowed.set_headers.iter() {
                     host::set_header(MapType::HttpRequestHeaders, name, value);
                 }
                 if let Some(p) = &allowed.new_path {

@@ -32,6 +32,21 @@ where
     N: AsRef<str>,
     V: AsRef<str>,
 {
+    bearer_credentials(headers, query, max_token_bytes).and_then(check_b64token)
+}
+
+/// [`bearer_token`] without its last step, the character check of [`check_b64token`]: for a caller
+/// that first looks the credentials up among tokens that already passed it (the verified-token
+/// cache), so that a hit does not read the token twice.
+pub fn bearer_credentials<'a, N, V>(
+    headers: &'a [(N, V)],
+    query: &str,
+    max_token_bytes: usize,
+) -> Result<&'a str, TokenError>
+where
+    N: AsRef<str>,
+    V: AsRef<str>,
+{
     if query_has_access_token(query) {
         return Err(TokenError::TokenInQuery);
     }
@@ -57,10 +72,16 @@ where
     if token.len() > max_token_bytes {
         return Err(TokenError::TooLarge);
     }
-    if !is_b64token(token) {
-        return Err(TokenError::MalformedAuthorization);
-    }
     Ok(token)
+}
+
+/// `token` when it is an RFC 6750 `b64token`, else [`TokenError::MalformedAuthorization`].
+pub fn check_b64token(token: &str) -> Result<&str, TokenError> {
+    if is_b64token(token) {
+        Ok(token)
+    } else {
+        Err(TokenError::MalformedAuthorization)
+    }
 }
 
 /// RFC 6750 §2.1 `b64token`.
@@ -156,6 +177,38 @@ mod tests {
         }
         // Header names are compared without regard to case.
         assert_eq!(extract(&[("Authorization", "Bearer t")], ""), Ok("t"));
+    }
+
+    #[test]
+    fn credentials_then_the_character_check_are_the_bearer_token() {
+        for value in [
+            "Bearer abc.def.ghi",
+            "bearer a-b.c_d~e+f/g==",
+            "Bearer",
+            "Bearer   ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer a=b",
+            "Bearer ===",
+            "Basic dXNlcjpwYXNz",
+            "",
+        ] {
+            let headers = [("authorization", value)];
+            assert_eq!(
+                bearer_credentials(&headers, "", MAX).and_then(check_b64token),
+                extract(&headers, ""),
+                "{value:?}"
+            );
+        }
+        let two = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
+        assert_eq!(
+            bearer_credentials(&two, "", MAX),
+            Err(TokenError::SeveralAuthorizationHeaders)
+        );
+        assert_eq!(
+            bearer_credentials(&[("authorization", "Bearer a")], "access_token=x", MAX),
+            Err(TokenError::TokenInQuery)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 pub use algorithm::{Algorithm, KeyFamily};
 pub use error::TokenError;
-pub use extract::bearer_token;
+pub use extract::{bearer_credentials, bearer_token, check_b64token};
 pub use host::HostVerifier;
 pub use signature::{Fallback, JwtSimpleVerifier, SignatureError, SignatureVerifier};
 
