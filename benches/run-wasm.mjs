@@ -1,9 +1,13 @@
 // Runs a wasm32-wasip1 build of the micro-benchmarks (benches/core.rs) under Node's V8, the engine
-// family Envoy runs the filter in:
+// family Envoy runs the filter in, configured as Envoy configures it (proxy-wasm-cpp-host turns
+// V8's baseline compiler Liftoff off: every function runs optimized by TurboFan):
 //   node benches/run-wasm.mjs <core-*.wasm> [benchmark arguments...]
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import { argv, exit } from "node:process";
+import { setFlagsFromString } from "node:v8";
+
+setFlagsFromString("--no-liftoff");
 
 if (argv.length < 3) {
   console.error("usage: node benches/run-wasm.mjs <core.wasm> [--quick] [--markdown] [filter]");
