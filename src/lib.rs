@@ -9,6 +9,7 @@
 //!   core calls and core decisions into host actions.
 
 pub mod authz;
+pub mod body;
 pub mod claims;
 pub mod config;
 pub mod decision;
