@@ -4,3 +4,4 @@
 //! * [`membership`]: Patient compartment membership of a resource, from its JSON;
 //! * [`granular`]: whether a resource meets a granular scope's constraints;
 pub mod membership;
+pub mod granular;
