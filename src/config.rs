@@ -65,6 +65,17 @@ pub enum UnconstrainedSearch {
     Refuse,
 }
 
+/// How a response outside the token's grant is answered (reads by id, history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseDenial {
+    /// 403, as for the other refusals (the default).
+    #[default]
+    Forbidden,
+    /// 404, as if the resource did not exist.
+    NotFound,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -86,6 +97,16 @@ pub struct Config {
     /// When present, the filter answers `{fhir_base}/.well-known/smart-configuration` itself.
     pub smart_configuration: Option<serde_json::Value>,
     pub mode: Mode,
+    /// Absolute bases of this FHIR server as clients and the server write them
+    /// (`https://ehr.example/fhir`), without trailing `/`: absolute URLs of Bundle entries,
+    /// references and paging links count as this server's only under one of them.
+    pub fhir_base_urls: Vec<String>,
+    /// How a response outside the grant is answered.
+    pub response_denial: ResponseDenial,
+    /// Largest request body the edge reads when it must check one (larger: 413).
+    pub max_request_body_bytes: usize,
+    /// Largest response body the edge reads when it must check one (larger: withheld).
+    pub max_response_body_bytes: usize,
 }
 
 /// One trusted token issuer.
@@ -212,6 +233,10 @@ struct RawConfig {
     operations: Option<Vec<RawOperation>>,
     smart_configuration: Option<serde_json::Value>,
     mode: Option<Mode>,
+    fhir_base_urls: Option<Vec<String>>,
+    response_denial: Option<ResponseDenial>,
+    max_request_body_bytes: Option<usize>,
+    max_response_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +437,37 @@ impl RawConfig {
             }
         }
 
+        let mut fhir_base_urls = Vec::new();
+        for (i, u) in self.fhir_base_urls.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("fhir_base_urls[{i}]");
+            let u = u.trim_end_matches('/').to_string();
+            let parsed = HttpUri::parse(&u).map_err(|m| ConfigError::new(field.clone(), m))?;
+            if u.contains(['?', '#', '%', '\\']) || parsed.path.split('/').any(|s| s == "." || s == "..") {
+                return Err(ConfigError::new(
+                    field,
+                    "must be an absolute http(s) base like https://ehr.example/fhir (no query, dot segments or encoding)",
+                ));
+            }
+            fhir_base_urls.push(u);
+        }
+        let body_limit = |v: Option<usize>, default: usize, field: &str| {
+            let n = v.unwrap_or(default);
+            if !(1024..=64 * 1024 * 1024).contains(&n) {
+                return Err(ConfigError::new(field, "must be between 1024 and 67108864"));
+            }
+            Ok(n)
+        };
+        let max_request_body_bytes = body_limit(
+            self.max_request_body_bytes,
+            crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES,
+            "max_request_body_bytes",
+        )?;
+        let max_response_body_bytes = body_limit(
+            self.max_response_body_bytes,
+            crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            "max_response_body_bytes",
+        )?;
+
         Ok(Config {
             fhir_base,
             providers,
@@ -424,6 +480,10 @@ impl RawConfig {
             operations,
             smart_configuration: self.smart_configuration,
             mode: self.mode.unwrap_or_default(),
+            fhir_base_urls,
+            response_denial: self.response_denial.unwrap_or_default(),
+            max_request_body_bytes,
+            max_response_body_bytes,
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{OperationRule, UnconstrainedSearch};
-use crate::fhir::{Method, Query};
+use crate::fhir::{Method, Query, SearchParam};
 use std::collections::BTreeSet;
 
 // ---- builders ----------------------------------------------------------------------------------
@@ -173,6 +173,10 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         operations,
         smart_configuration: None,
         mode: crate::config::Mode::Enforce,
+        fhir_base_urls: vec![s("https://ehr.example/fhir")],
+        response_denial: crate::config::ResponseDenial::Forbidden,
+        max_request_body_bytes: crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES,
+        max_response_body_bytes: crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES,
     }
 }
 
