@@ -91,6 +91,22 @@ pub struct Allowed {
     /// A new `:path` (a patient constraint appended), when the query changes.
     pub new_path: Option<String>,
     pub facts: Facts,
+    /// Body checks still to run (only when [`Engine::set_body_checks`] enabled them): the request
+    /// body before forwarding, the response body before passing it on.
+    pub pending: Option<Box<Pending>>,
+}
+
+/// What an allowed request still owes the edge: the checks and what they decide with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The classified request (a form search merges its URL query with the body).
+    pub request: fhir::FhirRequest,
+    /// Read the request body and check it ([`Engine::check_request_body`]) before forwarding.
+    pub body_check: Option<crate::body::BodyCheck>,
+    /// Read the response body and check it ([`Engine::check_response_body`]).
+    pub response_check: Option<crate::body::ResponseCheck>,
+    pub claims: Rc<VerifiedClaims>,
+    pub granted: GrantedScopes,
 }
 
 /// A local answer the filter owns (not an error): the SMART configuration document.
@@ -122,6 +138,9 @@ pub struct Engine {
     config: Rc<Config>,
     keys: KeyManager<KeySet>,
     cache: TokenCache,
+    /// Whether the adapter reads bodies for the checks authorization asks for. Until it does,
+    /// requests that need them are refused as before (fail closed).
+    body_checks: bool,
 }
 
 impl KeyLookup for KeyManager<KeySet> {
@@ -142,7 +161,50 @@ impl Engine {
             config: Rc::new(config),
             keys,
             cache: TokenCache::default(),
+            body_checks: false,
         })
+    }
+
+    /// Enables the body-aware decisions: the adapter promises to act on [`Allowed::pending`]
+    /// (buffer and check request and response bodies). Off by default: such requests are refused.
+    pub fn set_body_checks(&mut self, enabled: bool) {
+        self.body_checks = enabled;
+    }
+
+    /// Checks a request body a [`Pending`] asked for: what still applies, or the denial.
+    pub fn check_request_body(
+        &self,
+        pending: &Pending,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<crate::body::BodyAllowed, Denial> {
+        match &pending.body_check {
+            Some(check) => crate::body::check_request(
+                &pending.request,
+                check,
+                content_type,
+                body,
+                &pending.claims,
+                &pending.granted,
+                &self.config,
+            ),
+            None => Ok(crate::body::BodyAllowed {
+                append_query: None,
+                response_check: pending.response_check.clone(),
+            }),
+        }
+    }
+
+    /// Checks a response body against a response check.
+    pub fn check_response_body(
+        &self,
+        check: &crate::body::ResponseCheck,
+        granted: &GrantedScopes,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> crate::body::ResponseVerdict {
+        crate::body::check_response(check, status, content_type, body, granted, &self.config)
     }
 
     pub fn config(&self) -> &Rc<Config> {
@@ -222,6 +284,7 @@ impl Engine {
                     set_headers: Vec::new(),
                     new_path: None,
                     facts,
+                    pending: None,
                 });
             }
         }
@@ -295,6 +358,19 @@ impl Engine {
                 Err(f) => return deny(f.to_denial(), facts),
             };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
+        if authorized.needs_body() && !self.body_checks {
+            return deny(
+                Denial::Forbidden {
+                    reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                    scope: None,
+                    detail: format!(
+                        "{}: the body decides for this token, and body checks are not enabled",
+                        request.interaction.kind()
+                    ),
+                },
+                facts,
+            );
+        }
 
         // 6. Forward the verified facts.
         let mut set_headers = Vec::with_capacity(6);
@@ -321,10 +397,20 @@ impl Engine {
             q.push(fhir::SearchParam::new(name, &[value.as_str()]));
             format!("{path}?{}", q.to_query_string())
         });
+        let pending = authorized.needs_body().then(|| {
+            Box::new(Pending {
+                request: request.clone(),
+                body_check: authorized.body_check.clone(),
+                response_check: authorized.response_check.clone(),
+                claims: claims.clone(),
+                granted: entry.granted.clone(),
+            })
+        });
         Decision::Allow(Allowed {
             set_headers,
             new_path,
             facts,
+            pending,
         })
     }
 }
