@@ -69,3 +69,59 @@ fn charset(content_type: &str) -> Option<&str> {
             .then(|| v.trim().trim_matches('"'))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::fixtures::{config, token};
+    use crate::body::ResponseCheck;
+    use crate::fhir::request::classify;
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    #[test]
+    fn form_searches_are_authorized_as_the_get_search_of_both_parameter_sets() {
+        let (claims, granted) = token("patient/*.rs", Some("123"));
+        let cfg = config();
+        let cases: Vec<(&str, &str, Option<&str>, Result<Option<(&str, &str)>, &str>)> = vec![
+            ("/fhir/Observation/_search", "subject=Patient%2F123&code=x", FORM, Ok(None)),
+            ("/fhir/Observation/_search?subject=123", "code=x", FORM, Ok(None)),
+            ("/fhir/Observation/_search", "code=x", FORM, Ok(Some(("subject", "Patient/123")))),
+            ("/fhir/Observation/_search", "subject=456", FORM, Err("outside_patient_compartment")),
+            ("/fhir/Observation/_search?subject=123", "subject=456", FORM, Err("outside_patient_compartment")),
+            ("/fhir/Observation/_search", "subject=123&_filter=x", FORM, Err("not_enforceable")),
+            ("/fhir/Observation/_search", "subject=123", Some("application/json"), Err("not_enforceable")),
+            ("/fhir/Observation/_search", "subject=12%", FORM, Err("bad_request.malformed")),
+            ("/fhir/Patient/123/Observation/_search", "code=x", FORM, Ok(None)),
+            ("/fhir/Patient/_search", "_id=123\r\n", FORM, Ok(None)),
+        ];
+        for (path, body, ct, want) in cases {
+            let req = classify("POST", path, "/fhir").unwrap();
+            let got = check(&req, ct, body.as_bytes(), &claims, &granted, &cfg);
+            let got_view = match &got {
+                Ok(a) => Ok(a.append_query.as_ref().map(|(n, v)| (n.as_str(), v.as_str()))),
+                Err(d) => Err(d.reply("ehr").reason_code),
+            };
+            assert_eq!(got_view, want, "{path} <- {body}");
+            if let Ok(a) = got {
+                assert!(
+                    matches!(a.response_check, Some(ResponseCheck::Searchset { .. })),
+                    "{path}: results are filtered"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn granular_constraints_may_travel_in_the_body() {
+        let (claims, granted) = token("user/Observation.rs?category=laboratory", None);
+        let cfg = config();
+        let req = classify("POST", "/fhir/Observation/_search", "/fhir").unwrap();
+        assert!(check(&req, FORM, b"category=laboratory", &claims, &granted, &cfg).is_ok());
+        let refused = check(&req, FORM, b"category=vital-signs", &claims, &granted, &cfg).unwrap_err();
+        assert_eq!(refused.reply("ehr").reason_code, "insufficient_scope");
+        let latin1 = Some("application/x-www-form-urlencoded; charset=ISO-8859-1");
+        let refused = check(&req, latin1, b"category=laboratory", &claims, &granted, &cfg).unwrap_err();
+        assert_eq!(refused.reply("ehr").reason_code, "not_enforceable");
+    }
+}

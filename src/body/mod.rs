@@ -178,3 +178,42 @@ pub(crate) fn outside(detail: &str) -> Denial {
 pub(crate) fn malformed(detail: &'static str) -> Denial {
     Denial::BadRequest(RequestReason::Malformed, detail)
 }
+
+/// Test fixtures shared by the body checks.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::claims::VerifiedClaims;
+    use crate::config::{Config, Mode, ResponseDenial, UnconstrainedSearch};
+    use crate::scope::GrantedScopes;
+
+    pub fn config() -> Config {
+        Config {
+            fhir_base: "/fhir".into(),
+            providers: vec![],
+            clock_skew_s: 60,
+            public_paths: vec![],
+            max_token_bytes: 16384,
+            realm: "ehr".into(),
+            patient_claim: "patient".into(),
+            unconstrained_search: UnconstrainedSearch::Constrain,
+            operations: vec![],
+            smart_configuration: None,
+            mode: Mode::Enforce,
+            fhir_base_urls: vec!["https://ehr.example/fhir".into()],
+            response_denial: ResponseDenial::Forbidden,
+            max_request_body_bytes: super::DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_response_body_bytes: super::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+        }
+    }
+
+    pub fn token(scopes: &str, patient: Option<&str>) -> (VerifiedClaims, GrantedScopes) {
+        let claims = VerifiedClaims {
+            issuer: "https://idp.example".into(),
+            scopes: scopes.split_whitespace().map(str::to_string).collect(),
+            patient: patient.map(str::to_string),
+            ..VerifiedClaims::default()
+        };
+        let granted = GrantedScopes::parse(&claims.scopes);
+        (claims, granted)
+    }
+}
