@@ -242,7 +242,8 @@ impl Checker<'_> {
             match verdict {
                 Ok(()) => keep.push(Keep::Yes),
                 Err(o) => {
-                    if mode == Some("match") {
+                    // `total` counts matches (searchset) or versions (history).
+                    if mode == Some("match") || kind == BundleKind::History {
                         removed_matches += 1;
                     }
                     first_outside.get_or_insert(o);
