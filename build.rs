@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "/// Element paths of each Patient compartment parameter, sorted by resource type (generated \
          from `data/patient_compartment_paths_r4.json`, checked against the compartment table).\n",
     );
-    writeln!(rs, "const COMPARTMENT_PATHS: &[(&str, &[(&str, &[&str])])] = &[")?;
+    writeln!(rs, "const COMPARTMENT_PATHS: &[(&str, ParamPaths)] = &[")?;
     for (resource_type, params) in &paths {
         write!(rs, "    ({resource_type:?}, &[")?;
         for (param, list) in params {
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "/// Token search parameters with plain element paths, sorted by base then name (generated \
          from `data/token_params_r4.json`).\n",
     );
-    writeln!(rs, "const TOKEN_PARAMS: &[(&str, &[(&str, &[(&str, TokenKind)])])] = &[")?;
+    writeln!(rs, "const TOKEN_PARAMS: &[(&str, TokenParams)] = &[")?;
     for (base, params) in &tokens {
         write!(rs, "    ({base:?}, &[")?;
         for (param, list) in params {
@@ -105,7 +105,10 @@ fn compartment_paths(compartment: &BTreeMap<String, Vec<String>>) -> Result<Para
             .and_then(|v| v.as_object())
             .ok_or_else(|| format!("{COMPARTMENT_PATHS}: no paths for {resource_type}"))?;
         if entry.len() != params.len() {
-            return Err(format!("{COMPARTMENT_PATHS}: {resource_type}: parameters differ from the compartment").into());
+            return Err(format!(
+                "{COMPARTMENT_PATHS}: {resource_type}: parameters differ from the compartment"
+            )
+            .into());
         }
         let mut list = Vec::new();
         for param in params {

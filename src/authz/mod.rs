@@ -422,10 +422,7 @@ fn authorize_post_search(
         Ok(a) if !a.granular && !a.patient_scoped => Ok(a),
         Ok(a) => Ok(pending(Some(&a))),
         // Body parameters may carry the granular constraints or confine the search.
-        Err(f)
-            if f.kind == ForbiddenKind::GranularScopeNotMet
-                || f.kind == patient::NOT_CONFINED =>
-        {
+        Err(f) if f.kind == ForbiddenKind::GranularScopeNotMet || f.kind == patient::NOT_CONFINED => {
             Ok(pending(None))
         }
         Err(f) => Err(f),
@@ -449,13 +446,14 @@ fn granular_body_check(interaction: &Interaction, ctx: Context) -> Option<BodyCh
 /// granular grants); `None` for interactions whose response holds no resources to check.
 pub(crate) fn response_check(interaction: &Interaction, access: Access) -> Option<ResponseCheck> {
     match interaction {
-        Interaction::Read { resource_type, id } | Interaction::Vread { resource_type, id, .. } => {
-            Some(ResponseCheck::Resource {
-                access,
-                resource_type: resource_type.clone(),
-                id: id.clone(),
-            })
-        }
+        Interaction::Read { resource_type, id }
+        | Interaction::Vread {
+            resource_type, id, ..
+        } => Some(ResponseCheck::Resource {
+            access,
+            resource_type: resource_type.clone(),
+            id: id.clone(),
+        }),
         Interaction::HistoryInstance { .. } => Some(ResponseCheck::History { access }),
         Interaction::SearchType { resource_type, .. } => Some(ResponseCheck::Searchset {
             access,

@@ -52,7 +52,8 @@ pub(super) const NOT_CONFINED: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment("the search is not limited to the patient in context");
 const MISSING_MODIFIER: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment(":missing on a patient compartment parameter");
-const BY_ID: &str = "a write by id to a patient-compartment resource (the stored resource decides membership; \
+const BY_ID: &str =
+    "a write by id to a patient-compartment resource (the stored resource decides membership; \
                      use the conditional form confined to the patient)";
 
 /// Authorizes a non-operation request a patient-level grant covers (plain, or granular when

@@ -1064,9 +1064,17 @@ fn patient_scopes_owe_body_and_response_checks_where_the_url_cannot_decide() {
         (update("Practitioner", "9"), "", Owed::Write("update")),
         (patch("Patient", "123"), "", Owed::Write("patch")),
         (patch("Practitioner", "9"), "", Owed::Nothing),
-        (cond_update("Observation"), "subject=123", Owed::Write("conditional-update")),
+        (
+            cond_update("Observation"),
+            "subject=123",
+            Owed::Write("conditional-update"),
+        ),
         (cond_patch("Observation"), "subject=123", Owed::Write("patch")),
-        (cond_update("Practitioner"), "identifier=x", Owed::Write("conditional-update")),
+        (
+            cond_update("Practitioner"),
+            "identifier=x",
+            Owed::Write("conditional-update"),
+        ),
         (search("Observation"), "subject=123", Owed::Response("searchset")),
         (search("Practitioner"), "", Owed::Response("searchset")),
         (
@@ -1118,7 +1126,13 @@ fn patient_scopes_owe_body_and_response_checks_where_the_url_cannot_decide() {
         (all, P, Interaction::HistorySystem, "", NOT_AT_EDGE),
         (all, P, compartment("Practitioner", "9", None), "", NOT_AT_EDGE),
     ]);
-    let conditional_create = decide_with(all, P, &request(create("Observation"), ""), true, &default_config());
+    let conditional_create = decide_with(
+        all,
+        P,
+        &request(create("Observation"), ""),
+        true,
+        &default_config(),
+    );
     check("conditional create", &conditional_create, NOT_AT_EDGE);
     let why = decide(all, P, update("Observation", "abc"), "").unwrap_err();
     assert!(
@@ -1153,7 +1167,13 @@ fn joins_and_includes_are_allowed_with_their_results_filtered() {
         let patient_q = format!("subject=123&{q}");
         let got = decide("patient/*.rs", P, search("Observation"), &patient_q).unwrap();
         assert_eq!(owed(&got), Owed::Response("searchset"), "patient: {q}");
-        let got = decide(&format!("{granular} user/*.r"), None, search("Observation"), &with_lab(q)).unwrap();
+        let got = decide(
+            &format!("{granular} user/*.r"),
+            None,
+            search("Observation"),
+            &with_lab(q),
+        )
+        .unwrap();
         assert_eq!(owed(&got), Owed::Response("searchset"), "granular: {q}");
         let got = decide("user/*.rs", None, search("Observation"), &patient_q).unwrap();
         assert_eq!(owed(&got), Owed::Nothing, "plain user: {q}");
@@ -1166,9 +1186,19 @@ fn joins_and_includes_are_allowed_with_their_results_filtered() {
     );
     // Server-defined semantics stay refused.
     for q in ["_query=everything", "_filter=code eq x"] {
-        let got = decide("patient/*.rs", P, search("Observation"), &format!("subject=123&{q}"));
+        let got = decide(
+            "patient/*.rs",
+            P,
+            search("Observation"),
+            &format!("subject=123&{q}"),
+        );
         check(&format!("patient: {q}"), &got, NOT_AT_EDGE);
-        let got = decide(&format!("{granular} user/*.r"), None, search("Observation"), &with_lab(q));
+        let got = decide(
+            &format!("{granular} user/*.r"),
+            None,
+            search("Observation"),
+            &with_lab(q),
+        );
         check(&format!("granular: {q}"), &got, NOT_AT_EDGE);
         let got = decide("user/*.rs", None, search("Observation"), q);
         check(&format!("plain user: {q}"), &got, USER);
@@ -1185,20 +1215,49 @@ fn post_search_is_decided_on_the_form_body_unless_the_url_settles_it() {
         ("patient/*.rs", P, "subject=123"),
         ("patient/*.rs", P, ""),
         ("user/Observation.rs?category=laboratory", None, ""),
-        ("user/Observation.rs?category=laboratory", None, "category=laboratory"),
+        (
+            "user/Observation.rs?category=laboratory",
+            None,
+            "category=laboratory",
+        ),
     ] {
         let got = decide(scopes, patient, search_post("Observation"), q).unwrap();
         assert_eq!(owed(&got), Owed::SearchForm, "[{scopes}] ?{q}");
     }
     // Refusals no body parameter can lift are answered at once.
     run(vec![
-        ("patient/*.rs", P, search_post("Observation"), "subject=456", OUTSIDE),
-        ("patient/Condition.rs", P, search_post("Observation"), "", INSUFFICIENT),
+        (
+            "patient/*.rs",
+            P,
+            search_post("Observation"),
+            "subject=456",
+            OUTSIDE,
+        ),
+        (
+            "patient/Condition.rs",
+            P,
+            search_post("Observation"),
+            "",
+            INSUFFICIENT,
+        ),
         ("patient/*.rs", None, search_post("Observation"), "", NO_PATIENT),
-        ("patient/*.rs", P, search_post("Observation"), "_filter=x", NOT_AT_EDGE),
+        (
+            "patient/*.rs",
+            P,
+            search_post("Observation"),
+            "_filter=x",
+            NOT_AT_EDGE,
+        ),
     ]);
     let refuse = config(UnconstrainedSearch::Refuse, vec![]);
-    let got = decide_with("patient/*.rs", P, &request(search_post("Observation"), ""), false, &refuse).unwrap();
+    let got = decide_with(
+        "patient/*.rs",
+        P,
+        &request(search_post("Observation"), ""),
+        false,
+        &refuse,
+    )
+    .unwrap();
     assert_eq!(owed(&got), Owed::SearchForm, "the body may confine it");
 }
 

@@ -24,7 +24,10 @@ use serde_json::Value;
 
 use super::membership::{BundleTarget, Resolver};
 use super::write::{check_resource, parse_json};
-use super::{is_json, malformed, media_type, not_enforceable, outside, BodyAllowed, BodyCheck, ResponseCheck, WriteMode};
+use super::{
+    is_json, malformed, media_type, not_enforceable, outside, BodyAllowed, BodyCheck, ResponseCheck,
+    WriteMode,
+};
 use crate::authz;
 use crate::claims::VerifiedClaims;
 use crate::config::Config;
@@ -63,7 +66,9 @@ pub fn check_bundle(
         bundle.get("type").and_then(Value::as_str),
         Some("batch" | "transaction")
     ) {
-        return Err(malformed("a Bundle POSTed to the base must be a batch or a transaction"));
+        return Err(malformed(
+            "a Bundle POSTed to the base must be a batch or a transaction",
+        ));
     }
     let entries: &[Value] = match bundle.get("entry") {
         None => &[],
@@ -173,7 +178,9 @@ fn check_entry(
     match &a.body_check {
         None => {}
         Some(BodyCheck::Write(w)) if w.mode == WriteMode::Patch => {
-            return Err(not_enforceable("a PATCH entry (a Binary body) under these scopes"))
+            return Err(not_enforceable(
+                "a PATCH entry (a Binary body) under these scopes",
+            ))
         }
         Some(BodyCheck::Write(w)) => {
             let resource = entry

@@ -84,14 +84,49 @@ mod tests {
         let (claims, granted) = token("patient/*.rs", Some("123"));
         let cfg = config();
         let cases: Vec<(&str, &str, Option<&str>, Result<Option<(&str, &str)>, &str>)> = vec![
-            ("/fhir/Observation/_search", "subject=Patient%2F123&code=x", FORM, Ok(None)),
+            (
+                "/fhir/Observation/_search",
+                "subject=Patient%2F123&code=x",
+                FORM,
+                Ok(None),
+            ),
             ("/fhir/Observation/_search?subject=123", "code=x", FORM, Ok(None)),
-            ("/fhir/Observation/_search", "code=x", FORM, Ok(Some(("subject", "Patient/123")))),
-            ("/fhir/Observation/_search", "subject=456", FORM, Err("outside_patient_compartment")),
-            ("/fhir/Observation/_search?subject=123", "subject=456", FORM, Err("outside_patient_compartment")),
-            ("/fhir/Observation/_search", "subject=123&_filter=x", FORM, Err("not_enforceable")),
-            ("/fhir/Observation/_search", "subject=123", Some("application/json"), Err("not_enforceable")),
-            ("/fhir/Observation/_search", "subject=12%", FORM, Err("bad_request.malformed")),
+            (
+                "/fhir/Observation/_search",
+                "code=x",
+                FORM,
+                Ok(Some(("subject", "Patient/123"))),
+            ),
+            (
+                "/fhir/Observation/_search",
+                "subject=456",
+                FORM,
+                Err("outside_patient_compartment"),
+            ),
+            (
+                "/fhir/Observation/_search?subject=123",
+                "subject=456",
+                FORM,
+                Err("outside_patient_compartment"),
+            ),
+            (
+                "/fhir/Observation/_search",
+                "subject=123&_filter=x",
+                FORM,
+                Err("not_enforceable"),
+            ),
+            (
+                "/fhir/Observation/_search",
+                "subject=123",
+                Some("application/json"),
+                Err("not_enforceable"),
+            ),
+            (
+                "/fhir/Observation/_search",
+                "subject=12%",
+                FORM,
+                Err("bad_request.malformed"),
+            ),
             ("/fhir/Patient/123/Observation/_search", "code=x", FORM, Ok(None)),
             ("/fhir/Patient/_search", "_id=123\r\n", FORM, Ok(None)),
         ];

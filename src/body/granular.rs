@@ -32,6 +32,9 @@ pub enum TokenKind {
     Identifier,
 }
 
+/// The token parameters of one base: name -> (element path, datatype).
+type TokenParams = &'static [(&'static str, &'static [(&'static str, TokenKind)])];
+
 include!(concat!(env!("OUT_DIR"), "/r4_token_params.rs"));
 
 /// The element paths a token parameter reads on `resource_type` (its own, else the `Resource` ones).
@@ -174,11 +177,23 @@ mod tests {
     #[test]
     fn finds_token_paths_from_the_r4_expressions() {
         let cases: &[(&str, &str, Option<&[(&str, TokenKind)]>)] = &[
-            ("Observation", "category", Some(&[("category", TokenKind::CodeableConcept)])),
+            (
+                "Observation",
+                "category",
+                Some(&[("category", TokenKind::CodeableConcept)]),
+            ),
             ("Observation", "status", Some(&[("status", TokenKind::Code)])),
-            ("Condition", "clinical-status", Some(&[("clinicalStatus", TokenKind::CodeableConcept)])),
+            (
+                "Condition",
+                "clinical-status",
+                Some(&[("clinicalStatus", TokenKind::CodeableConcept)]),
+            ),
             ("Patient", "active", Some(&[("active", TokenKind::Boolean)])),
-            ("Observation", "_security", Some(&[("meta.security", TokenKind::Coding)])),
+            (
+                "Observation",
+                "_security",
+                Some(&[("meta.security", TokenKind::Coding)]),
+            ),
             ("Condition", "_id", Some(&[("id", TokenKind::Id)])),
             // Not plain paths or not tokens: not checkable.
             ("Observation", "value-concept", None),
@@ -235,15 +250,31 @@ mod tests {
     fn a_resource_is_granted_when_any_granular_scope_with_the_permission_is_met() {
         let obs = lab_observation();
         let cases: &[(&str, Permission, bool)] = &[
-            ("patient/Observation.rs?category=laboratory", Permission::Read, true),
-            ("patient/Observation.s?category=laboratory", Permission::Read, false),
-            ("patient/Observation.s?category=laboratory", Permission::Search, true),
+            (
+                "patient/Observation.rs?category=laboratory",
+                Permission::Read,
+                true,
+            ),
+            (
+                "patient/Observation.s?category=laboratory",
+                Permission::Read,
+                false,
+            ),
+            (
+                "patient/Observation.s?category=laboratory",
+                Permission::Search,
+                true,
+            ),
             (
                 "patient/Observation.rs?category=vital-signs patient/Observation.rs?category=laboratory",
                 Permission::Read,
                 true,
             ),
-            ("patient/Condition.rs?category=laboratory", Permission::Read, false),
+            (
+                "patient/Condition.rs?category=laboratory",
+                Permission::Read,
+                false,
+            ),
             ("user/Observation.rs?category=laboratory", Permission::Read, false),
             ("patient/Observation.rs", Permission::Read, false),
         ];

@@ -28,11 +28,14 @@ use crate::fhir::compartment::patient_compartment_params;
 use crate::fhir::query::{is_fhir_id, parse_reference};
 use crate::fhir::resource_types::is_resource_type;
 
+/// The compartment parameters of one type: name -> element paths.
+type ParamPaths = &'static [(&'static str, &'static [&'static str])];
+
 include!(concat!(env!("OUT_DIR"), "/r4_compartment_paths.rs"));
 
 /// The compartment parameters of `resource_type` with the element paths they read; `None` when
 /// the type is not in the Patient compartment.
-pub fn compartment_paths(resource_type: &str) -> Option<&'static [(&'static str, &'static [&'static str])]> {
+pub fn compartment_paths(resource_type: &str) -> Option<ParamPaths> {
     COMPARTMENT_PATHS
         .binary_search_by(|(name, _)| (*name).cmp(resource_type))
         .ok()
@@ -128,7 +131,10 @@ pub fn resource_type_of(resource: &Value) -> Result<&str, MembershipError> {
 
 /// The patients a resource's compartment elements reference (for `Patient`: its `link.other`),
 /// in document order. Empty for types outside the compartment.
-pub fn patient_references(resource: &Value, resolver: &Resolver<'_>) -> Result<Vec<PatientRef>, MembershipError> {
+pub fn patient_references(
+    resource: &Value,
+    resolver: &Resolver<'_>,
+) -> Result<Vec<PatientRef>, MembershipError> {
     let rt = resource_type_of(resource)?;
     let mut out = Vec::new();
     for path in member_paths(rt) {
@@ -182,7 +188,9 @@ pub(crate) fn references_at(
         let mut next = Vec::new();
         for node in nodes {
             let Value::Object(map) = node else {
-                return Err(MembershipError::Malformed("an element on the path is not an object"));
+                return Err(MembershipError::Malformed(
+                    "an element on the path is not an object",
+                ));
             };
             match map.get(step) {
                 None => {}
@@ -202,7 +210,10 @@ pub(crate) fn references_at(
 }
 
 /// Reads one `Reference` value; `None` when it names no patient.
-pub(crate) fn read_reference(node: &Value, resolver: &Resolver<'_>) -> Result<Option<PatientRef>, MembershipError> {
+pub(crate) fn read_reference(
+    node: &Value,
+    resolver: &Resolver<'_>,
+) -> Result<Option<PatientRef>, MembershipError> {
     let Value::Object(map) = node else {
         return Err(MembershipError::Malformed("a Reference is not an object"));
     };
@@ -237,10 +248,7 @@ pub(crate) fn read_reference(node: &Value, resolver: &Resolver<'_>) -> Result<Op
         }
         Resolved::Unresolved => {
             // A conditional reference (`Practitioner?identifier=…`) still names its type.
-            let named = reference
-                .split(['?', '/'])
-                .next()
-                .filter(|t| is_resource_type(t));
+            let named = reference.split(['?', '/']).next().filter(|t| is_resource_type(t));
             let t = match (declared, named) {
                 (Some(d), Some(n)) if d != n => return Ok(Some(PatientRef::Unresolved)),
                 (d, n) => d.or(n),

@@ -136,12 +136,10 @@ pub fn check_request(
     match check {
         BodyCheck::SearchForm => form::check(req, content_type, body, claims, granted, config),
         BodyCheck::Bundle => bundle::check(content_type, body, claims, granted, config),
-        BodyCheck::Write(w) => {
-            write::check(w, content_type, body, granted, config).map(|()| BodyAllowed {
-                append_query: None,
-                response_check: None,
-            })
-        }
+        BodyCheck::Write(w) => write::check(w, content_type, body, granted, config).map(|()| BodyAllowed {
+            append_query: None,
+            response_check: None,
+        }),
     }
 }
 

@@ -105,7 +105,8 @@ enum Outside {
     Unreadable,
 }
 
-const UNVERIFIABLE_BUNDLE: Denial = Denial::ResponseUnverifiable("the response Bundle is not what was asked for");
+const UNVERIFIABLE_BUNDLE: Denial =
+    Denial::ResponseUnverifiable("the response Bundle is not what was asked for");
 
 impl Checker<'_> {
     /// `Ok(None)`: pass unchanged; `Ok(Some(text))`: replace; `Err`: refuse.
@@ -128,9 +129,7 @@ impl Checker<'_> {
                     Err(o) => Err(self.denial(o)),
                 }
             }
-            ResponseCheck::History { access } => {
-                self.filter(value, text, access, None, BundleKind::History)
-            }
+            ResponseCheck::History { access } => self.filter(value, text, access, None, BundleKind::History),
             ResponseCheck::Searchset { access, vouched } => {
                 self.filter(value, text, access, vouched.as_deref(), BundleKind::Searchset)
             }
@@ -227,7 +226,9 @@ impl Checker<'_> {
                 .and_then(|s| s.get("mode"))
                 .and_then(Value::as_str);
             let verdict = match (entry.get("resource"), mode) {
-                (Some(r), Some("outcome")) if r.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") => {
+                (Some(r), Some("outcome"))
+                    if r.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") =>
+                {
                     Ok(())
                 }
                 // A history entry without a resource is a deletion: decided below.
@@ -297,7 +298,11 @@ impl Checker<'_> {
         let links = value.get("link")?.as_array()?;
         let kept: Vec<&Value> = links
             .iter()
-            .filter(|l| l.get("url").and_then(Value::as_str).is_some_and(|u| self.is_ours(u)))
+            .filter(|l| {
+                l.get("url")
+                    .and_then(Value::as_str)
+                    .is_some_and(|u| self.is_ours(u))
+            })
             .collect();
         if kept.len() == links.len() {
             return None;
@@ -323,7 +328,12 @@ impl Checker<'_> {
     }
 
     /// Checks a batch/transaction response entry by entry.
-    fn batch(&self, value: &Value, text: &str, checks: &[Option<ResponseCheck>]) -> Result<Option<String>, Denial> {
+    fn batch(
+        &self,
+        value: &Value,
+        text: &str,
+        checks: &[Option<ResponseCheck>],
+    ) -> Result<Option<String>, Denial> {
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle")
             || !matches!(
                 value.get("type").and_then(Value::as_str),
@@ -374,7 +384,10 @@ impl Checker<'_> {
         if !changed {
             return Ok(None);
         }
-        Ok(Some(rebuild(&members, &[("entry", format!("[{}]", out.join(",")))])))
+        Ok(Some(rebuild(
+            &members,
+            &[("entry", format!("[{}]", out.join(",")))],
+        )))
     }
 }
 
@@ -408,14 +421,15 @@ fn withheld_entry(removed: usize) -> String {
         issues: vec![crate::outcome::Issue {
             severity: IssueSeverity::Information,
             code: IssueType::Suppressed,
-            diagnostics: format!(
-                "{removed} entries were withheld: outside the access granted to this token"
-            ),
+            diagnostics: format!("{removed} entries were withheld: outside the access granted to this token"),
             expression: None,
         }],
         request_id: None,
     };
-    format!("{{\"resource\":{},\"search\":{{\"mode\":\"outcome\"}}}}", oo.to_json())
+    format!(
+        "{{\"resource\":{},\"search\":{{\"mode\":\"outcome\"}}}}",
+        oo.to_json()
+    )
 }
 
 /// A batch/transaction response entry replacing one not within the grant.

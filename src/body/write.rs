@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use super::granular::granted_by_granular;
 use super::membership::{
-    is_patient, member_paths, patient_references, read_reference, references_at, resource_type_of, PatientRef,
-    Resolver,
+    is_patient, member_paths, patient_references, read_reference, references_at, resource_type_of,
+    PatientRef, Resolver,
 };
 use super::{is_json, malformed, media_type, not_enforceable, outside, WriteCheck, WriteMode};
 use crate::config::Config;
@@ -106,7 +106,9 @@ pub fn check_resource(
                 "the body is in no patient's compartment: it must reference the patient in context",
             ));
         } else if !refs.iter().all(|r| is_patient(r, pid)) {
-            return Err(outside("the body references another patient in a compartment element"));
+            return Err(outside(
+                "the body references another patient in a compartment element",
+            ));
         }
     }
     if let Some(ctx) = w.granular {
@@ -167,7 +169,9 @@ pub fn check_json_patch(w: &WriteCheck, patch: &Value, resolver: &Resolver<'_>) 
             }
             match name {
                 "remove" => return Err(outside("a patch removing a compartment element")),
-                "move" | "copy" => return Err(outside("a patch moving or copying into a compartment element")),
+                "move" | "copy" => {
+                    return Err(outside("a patch moving or copying into a compartment element"))
+                }
                 _ => {}
             }
             let value = op

@@ -40,7 +40,10 @@ fn element_paths_follow_the_r4_search_parameter_expressions() {
         ("AuditEvent", &["agent.who", "entity.what"]),
         ("EnrollmentRequest", &["candidate"]),
         ("SupplyRequest", &["deliverTo"]),
-        ("Coverage", &["policyHolder", "subscriber", "beneficiary", "payor"]),
+        (
+            "Coverage",
+            &["policyHolder", "subscriber", "beneficiary", "payor"],
+        ),
     ];
     for (rt, want) in cases {
         let got: Vec<&str> = member_paths(rt).collect();
@@ -216,10 +219,19 @@ fn resolves_full_urls_to_the_bundle_entries() {
         bundle: &bundle,
     };
     let cases = [
-        ("urn:uuid:aaaaaaaa-0000-4000-8000-000000000001", vec![local("123")]),
-        ("urn:uuid:aaaaaaaa-0000-4000-8000-000000000002", vec![PatientRef::Unresolved]),
+        (
+            "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001",
+            vec![local("123")],
+        ),
+        (
+            "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002",
+            vec![PatientRef::Unresolved],
+        ),
         ("urn:uuid:aaaaaaaa-0000-4000-8000-000000000003", vec![]),
-        ("urn:uuid:aaaaaaaa-0000-4000-8000-000000000009", vec![PatientRef::Unresolved]),
+        (
+            "urn:uuid:aaaaaaaa-0000-4000-8000-000000000009",
+            vec![PatientRef::Unresolved],
+        ),
     ];
     for (reference, want) in cases {
         let got = patient_references(&observation(reference, &[]), &resolver).unwrap();
@@ -231,22 +243,42 @@ fn resolves_full_urls_to_the_bundle_entries() {
 fn decides_membership_in_one_patients_compartment() {
     let cases: Vec<(&str, Value, Membership)> = vec![
         ("subject", observation("Patient/123", &[]), Membership::In),
-        ("performer only", observation("Group/1", &["Patient/123"]), Membership::In),
-        ("both patients", observation("Patient/456", &["Patient/123"]), Membership::In),
-        ("other patient", observation("Patient/456", &[]), Membership::OtherPatient),
+        (
+            "performer only",
+            observation("Group/1", &["Patient/123"]),
+            Membership::In,
+        ),
+        (
+            "both patients",
+            observation("Patient/456", &["Patient/123"]),
+            Membership::In,
+        ),
+        (
+            "other patient",
+            observation("Patient/456", &[]),
+            Membership::OtherPatient,
+        ),
         (
             "patient of another server",
             observation("https://other.example/Patient/123", &[]),
             Membership::OtherPatient,
         ),
-        ("unresolvable", observation("Patient?name=x", &[]), Membership::OtherPatient),
+        (
+            "unresolvable",
+            observation("Patient?name=x", &[]),
+            Membership::OtherPatient,
+        ),
         ("group subject", observation("Group/1", &[]), Membership::NotIn),
         (
             "no subject at all",
             json!({"resourceType": "Observation", "status": "final"}),
             Membership::NotIn,
         ),
-        ("the patient itself", json!({"resourceType": "Patient", "id": "123"}), Membership::In),
+        (
+            "the patient itself",
+            json!({"resourceType": "Patient", "id": "123"}),
+            Membership::In,
+        ),
         (
             "another patient linked to this one",
             json!({"resourceType": "Patient", "id": "456", "link": [{"other": {"reference": "Patient/123"}, "type": "seealso"}]}),
@@ -269,7 +301,11 @@ fn decides_membership_in_one_patients_compartment() {
         ),
     ];
     for (label, resource, want) in cases {
-        assert_eq!(in_patient_compartment(&resource, "123", &NONE).unwrap(), want, "{label}");
+        assert_eq!(
+            in_patient_compartment(&resource, "123", &NONE).unwrap(),
+            want,
+            "{label}"
+        );
     }
 }
 
@@ -279,7 +315,10 @@ fn refuses_what_is_not_shaped_as_fhir_json() {
         (json!([1, 2]), MembershipError::NotAResource),
         (json!({"id": "1"}), MembershipError::NotAResource),
         (json!({"resourceType": 5}), MembershipError::NotAResource),
-        (json!({"resourceType": "Widget"}), MembershipError::UnknownResourceType),
+        (
+            json!({"resourceType": "Widget"}),
+            MembershipError::UnknownResourceType,
+        ),
         (
             json!({"resourceType": "Observation", "subject": "Patient/123"}),
             MembershipError::Malformed("a Reference is not an object"),

@@ -31,7 +31,10 @@ fn a_read_of_another_patients_resource_is_refused() {
         resource_type: "Observation".into(),
         id: id.into(),
     };
-    assert_eq!(run(&read("a"), "patient/*.rs", &obs("a", "Patient/123")), ResponseVerdict::Pass);
+    assert_eq!(
+        run(&read("a"), "patient/*.rs", &obs("a", "Patient/123")),
+        ResponseVerdict::Pass
+    );
     let ResponseVerdict::Deny(d) = run(&read("b"), "patient/*.rs", &obs("b", "Patient/456")) else {
         panic!()
     };
@@ -49,8 +52,14 @@ fn a_read_of_another_patients_resource_is_refused() {
     let got = check_response(&read("b"), 200, JSON, body.as_bytes(), &granted, &cfg);
     assert_eq!(got, ResponseVerdict::Deny(Denial::Withheld));
     // Errors and non-2xx pass; XML and broken JSON are withheld.
-    assert_eq!(check_response(&read("b"), 404, JSON, b"{}", &granted, &cfg), ResponseVerdict::Pass);
-    for (ct, body) in [(Some("application/fhir+xml"), &b"<Observation/>"[..]), (JSON, &b"{\"a\":1,\"a\":2}"[..])] {
+    assert_eq!(
+        check_response(&read("b"), 404, JSON, b"{}", &granted, &cfg),
+        ResponseVerdict::Pass
+    );
+    for (ct, body) in [
+        (Some("application/fhir+xml"), &b"<Observation/>"[..]),
+        (JSON, &b"{\"a\":1,\"a\":2}"[..]),
+    ] {
         let ResponseVerdict::Deny(d) = check_response(&read("b"), 200, ct, body, &granted, &cfg) else {
             panic!()
         };
@@ -115,8 +124,15 @@ fn searchsets_lose_entries_outside_the_grant_with_total_fixed_and_an_outcome_ent
     let last = out["entry"].as_array().unwrap().last().unwrap();
     assert_eq!(last["search"]["mode"], "outcome");
     assert_eq!(last["resource"]["resourceType"], "OperationOutcome");
-    assert!(last["resource"]["issue"][0]["diagnostics"].as_str().unwrap().starts_with("2 entries"));
-    assert_eq!(out["link"].as_array().unwrap().len(), 2, "the link leaving the base is dropped");
+    assert!(last["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .starts_with("2 entries"));
+    assert_eq!(
+        out["link"].as_array().unwrap().len(),
+        2,
+        "the link leaving the base is dropped"
+    );
 
     // Includes of types the context does not read are removed too.
     let ResponseVerdict::Replace(text) = run(&check, "patient/Observation.rs", &body) else {
@@ -139,7 +155,9 @@ fn decimals_survive_filtering_exactly() {
     };
     let text = r#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50},"subject":{"reference":"Patient/123"}},"search":{"mode":"match"}},{"resource":{"resourceType":"Observation","id":"b","subject":{"reference":"Patient/456"}},"search":{"mode":"match"}}]}"#;
     let (_, granted) = token("patient/*.rs", Some("123"));
-    let ResponseVerdict::Replace(out) = check_response(&check, 200, JSON, text.as_bytes(), &granted, &config()) else {
+    let ResponseVerdict::Replace(out) =
+        check_response(&check, 200, JSON, text.as_bytes(), &granted, &config())
+    else {
         panic!()
     };
     assert!(out.contains(r#""valueQuantity":{"value":1.50}"#), "{out}");
@@ -154,8 +172,13 @@ fn history_keeps_the_patients_versions_and_refuses_when_none_is_left() {
         json!({"resourceType": "Bundle", "type": "history", "total": subjects.len(),
                "entry": subjects.iter().map(|s| json!({"resource": obs("a", s), "request": {"method": "PUT", "url": "Observation/a"}})).collect::<Vec<_>>()})
     };
-    assert_eq!(run(&check, "patient/*.rs", &history(&["Patient/123"])), ResponseVerdict::Pass);
-    let ResponseVerdict::Replace(text) = run(&check, "patient/*.rs", &history(&["Patient/123", "Patient/456"])) else {
+    assert_eq!(
+        run(&check, "patient/*.rs", &history(&["Patient/123"])),
+        ResponseVerdict::Pass
+    );
+    let ResponseVerdict::Replace(text) =
+        run(&check, "patient/*.rs", &history(&["Patient/123", "Patient/456"]))
+    else {
         panic!()
     };
     let out: Value = serde_json::from_str(&text).unwrap();
@@ -190,5 +213,8 @@ fn batch_responses_are_checked_entry_by_entry() {
     assert!(out["entry"][1].get("resource").is_none());
     // Entry count mismatch: withheld.
     let short = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {"status": "200 OK"}}]});
-    assert!(matches!(run(&check, "patient/*.rs", &short), ResponseVerdict::Deny(_)));
+    assert!(matches!(
+        run(&check, "patient/*.rs", &short),
+        ResponseVerdict::Deny(_)
+    ));
 }
