@@ -86,6 +86,67 @@ pub struct Config {
     /// When present, the filter answers `{fhir_base}/.well-known/smart-configuration` itself.
     pub smart_configuration: Option<serde_json::Value>,
     pub mode: Mode,
+    /// Where audit records go (log line, FHIR AuditEvent sink).
+    pub audit: AuditConfig,
+    /// The kill switch: clients, subjects and token ids refused at once.
+    pub revocation: RevocationConfig,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Write every record as one `smart-fhir-edge audit {json}` info log line (default true).
+    pub log: bool,
+    /// Send every record as a FHIR `AuditEvent` to a FHIR server, when configured.
+    pub audit_event: Option<AuditEventSink>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            log: true,
+            audit_event: None,
+        }
+    }
+}
+
+/// A FHIR server that receives `AuditEvent`s, batched in `batch` Bundles POSTed to its base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEventSink {
+    /// The FHIR base the Bundles are POSTed to (`http://audit.example.org/fhir`).
+    pub uri: HttpUri,
+    pub cluster: String,
+    /// Events per Bundle (at most).
+    pub batch_size: usize,
+    /// A partial batch is sent when this long has passed since the last send.
+    pub flush_interval_ms: u64,
+    /// Events waiting per worker beyond which new ones are dropped (and counted).
+    pub max_queue: usize,
+    pub timeout_ms: u64,
+    /// `AuditEvent.source.observer.display` and the server agent's name.
+    pub observer: String,
+}
+
+/// The kill switch: tokens of these clients or subjects, or with these ids, are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevocationConfig {
+    /// `client_id` (or `azp`/`cid`) values, compared exactly.
+    pub client_ids: Vec<String>,
+    /// `sub` values, compared exactly.
+    pub subjects: Vec<String>,
+    /// `jti` values, compared exactly.
+    pub jtis: Vec<String>,
+    /// A list fetched periodically and added to the configured one, when set.
+    pub refresh: Option<RevocationRefresh>,
+}
+
+/// Where and how often the revocation list is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRefresh {
+    pub uri: HttpUri,
+    pub cluster: String,
+    pub interval_s: u64,
+    pub timeout_ms: u64,
 }
 
 /// One trusted token issuer.
@@ -212,6 +273,39 @@ struct RawConfig {
     operations: Option<Vec<RawOperation>>,
     smart_configuration: Option<serde_json::Value>,
     mode: Option<Mode>,
+    audit_log: Option<bool>,
+    audit_event: Option<RawAuditEvent>,
+    revocation: Option<RawRevocation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditEvent {
+    uri: Option<String>,
+    cluster: Option<String>,
+    batch_size: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    max_queue: Option<usize>,
+    timeout_ms: Option<u64>,
+    observer: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    client_ids: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+    jtis: Option<Vec<String>>,
+    refresh: Option<RawRevocationRefresh>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocationRefresh {
+    uri: Option<String>,
+    cluster: Option<String>,
+    interval_s: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +384,8 @@ fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError 
     {
         field = if field == "(root)" {
             key.to_string()
+        } else if field == key || field.ends_with(&format!(".{key}")) {
+            field
         } else {
             format!("{field}.{key}")
         };
@@ -424,6 +520,113 @@ impl RawConfig {
             operations,
             smart_configuration: self.smart_configuration,
             mode: self.mode.unwrap_or_default(),
+            audit: AuditConfig {
+                log: self.audit_log.unwrap_or(true),
+                audit_event: self.audit_event.map(|a| a.validate("audit_event")).transpose()?,
+            },
+            revocation: self
+                .revocation
+                .map(|r| r.validate("revocation"))
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Largest `audit_event.batch_size`.
+pub const MAX_AUDIT_BATCH: usize = 500;
+/// Largest `audit_event.max_queue`.
+pub const MAX_AUDIT_QUEUE: usize = 100_000;
+/// Largest number of entries in each configured revocation list.
+pub const MAX_REVOKED_ENTRIES: usize = 100_000;
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    v: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+    field: String,
+) -> Result<T, ConfigError> {
+    let n = v.unwrap_or(default);
+    if n < min || n > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn http_uri(v: Option<String>, field: String) -> Result<HttpUri, ConfigError> {
+    let uri = required(v, &field)?;
+    HttpUri::parse(&uri).map_err(|m| ConfigError::new(field, m))
+}
+
+impl RawAuditEvent {
+    fn validate(self, at: &str) -> Result<AuditEventSink, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let uri = http_uri(self.uri, f("uri"))?;
+        if uri.path.contains('?') {
+            return Err(ConfigError::new(f("uri"), "must be a FHIR base without a query"));
+        }
+        let batch_size = in_range(self.batch_size, 20, 1, MAX_AUDIT_BATCH, f("batch_size"))?;
+        let max_queue = in_range(self.max_queue, 1000, 1, MAX_AUDIT_QUEUE, f("max_queue"))?;
+        if max_queue < batch_size {
+            return Err(ConfigError::new(f("max_queue"), "must be at least batch_size"));
+        }
+        let observer = self.observer.unwrap_or_else(|| "smart-fhir-edge".to_string());
+        if observer.trim().is_empty() || observer.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                f("observer"),
+                "must be non-empty, without control characters",
+            ));
+        }
+        Ok(AuditEventSink {
+            uri,
+            cluster: cluster(self.cluster, f("cluster"))?,
+            batch_size,
+            flush_interval_ms: in_range(self.flush_interval_ms, 1000, 10, 600_000, f("flush_interval_ms"))?,
+            max_queue,
+            timeout_ms: timeout(self.timeout_ms, f("timeout_ms"))?,
+            observer,
+        })
+    }
+}
+
+fn revoked_list(v: Option<Vec<String>>, field: String) -> Result<Vec<String>, ConfigError> {
+    let list = v.unwrap_or_default();
+    if list.len() > MAX_REVOKED_ENTRIES {
+        return Err(ConfigError::new(
+            field,
+            format!("must list at most {MAX_REVOKED_ENTRIES} entries"),
+        ));
+    }
+    if let Some(i) = list.iter().position(|e| e.is_empty()) {
+        return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
+    }
+    Ok(list)
+}
+
+impl RawRevocation {
+    fn validate(self, at: &str) -> Result<RevocationConfig, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let refresh = match self.refresh {
+            None => None,
+            Some(r) => {
+                let g = |k: &str| format!("{at}.refresh.{k}");
+                Some(RevocationRefresh {
+                    uri: http_uri(r.uri, g("uri"))?,
+                    cluster: cluster(r.cluster, g("cluster"))?,
+                    interval_s: in_range(r.interval_s, 60, 1, 86_400, g("interval_s"))?,
+                    timeout_ms: timeout(r.timeout_ms, g("timeout_ms"))?,
+                })
+            }
+        };
+        Ok(RevocationConfig {
+            client_ids: revoked_list(self.client_ids, f("client_ids"))?,
+            subjects: revoked_list(self.subjects, f("subjects"))?,
+            jtis: revoked_list(self.jtis, f("jtis"))?,
+            refresh,
         })
     }
 }
@@ -772,6 +975,72 @@ mod tests {
         assert_eq!(HttpUri::parse("https://h").unwrap().path, "/");
         for bad in ["h/p", "https://", "https://u@h/", "https://h/a b", "file:///x"] {
             assert!(HttpUri::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_outputs_default_to_the_log_line_only() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(
+            c.audit,
+            AuditConfig {
+                log: true,
+                audit_event: None
+            }
+        );
+        let mut v = minimal();
+        v["audit_log"] = false.into();
+        v["audit_event"] = serde_json::json!({"uri": "http://audit.example.org/fhir", "cluster": "audit"});
+        let c = parse(&v).unwrap();
+        assert!(!c.audit.log);
+        let sink = c.audit.audit_event.unwrap();
+        assert_eq!(
+            (
+                sink.batch_size,
+                sink.flush_interval_ms,
+                sink.max_queue,
+                sink.timeout_ms
+            ),
+            (20, 1000, 1000, 2000)
+        );
+        assert_eq!(sink.observer, "smart-fhir-edge");
+        assert_eq!(sink.uri.path, "/fhir");
+    }
+
+    #[test]
+    fn refuses_bad_audit_event_settings_naming_the_field() {
+        let cases = [
+            ("audit_event.uri", serde_json::json!({"cluster": "a"})),
+            (
+                "audit_event.uri",
+                serde_json::json!({"uri": "http://h/fhir?x=1", "cluster": "a"}),
+            ),
+            ("audit_event.cluster", serde_json::json!({"uri": "http://h/fhir"})),
+            (
+                "audit_event.batch_size",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "batch_size": 0}),
+            ),
+            (
+                "audit_event.max_queue",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "batch_size": 50, "max_queue": 10}),
+            ),
+            (
+                "audit_event.flush_interval_ms",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "flush_interval_ms": 1}),
+            ),
+            (
+                "audit_event.observer",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "observer": " "}),
+            ),
+            (
+                "audit_event.extra",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "extra": 1}),
+            ),
+        ];
+        for (field, sink) in cases {
+            let mut v = minimal();
+            v["audit_event"] = sink;
+            assert_eq!(parse(&v).unwrap_err().field, field);
         }
     }
 

@@ -173,6 +173,8 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         operations,
         smart_configuration: None,
         mode: crate::config::Mode::Enforce,
+        audit: Default::default(),
+        revocation: Default::default(),
     }
 }
 
