@@ -321,24 +321,7 @@ impl Engine {
         facts.allowed_by = authorized.context.map(|c| c.as_str());
 
         // 6. Forward the verified facts.
-        let mut set_headers = Vec::with_capacity(6);
-        if let Some(p) = &claims.patient {
-            set_headers.push(("x-smart-patient", p.clone()));
-        }
-        set_headers.push(("x-smart-scope", claims.scope_string()));
-        if let Some(c) = &claims.client_id {
-            set_headers.push(("x-smart-client-id", c.clone()));
-        }
-        if let Some(s) = &claims.subject {
-            set_headers.push(("x-smart-sub", s.clone()));
-        }
-        if let Some(u) = &claims.fhir_user {
-            set_headers.push(("x-smart-fhir-user", u.clone()));
-        }
-        if let Some(e) = &claims.encounter {
-            set_headers.push(("x-smart-encounter", e.clone()));
-        }
-        set_headers.retain(|(_, v)| is_header_value_safe(v));
+        let set_headers = verified_headers(&claims);
         // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
         let new_path = authorized.append_query.as_ref().map(|(name, value)| {
             let mut q = request.query.clone();
@@ -351,6 +334,30 @@ impl Engine {
             facts,
         })
     }
+}
+
+/// The `x-smart-*` headers that forward a verified token's facts upstream (values with control
+/// characters are left out).
+pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> {
+    let mut set_headers = Vec::with_capacity(6);
+    if let Some(p) = &claims.patient {
+        set_headers.push(("x-smart-patient", p.clone()));
+    }
+    set_headers.push(("x-smart-scope", claims.scope_string()));
+    if let Some(c) = &claims.client_id {
+        set_headers.push(("x-smart-client-id", c.clone()));
+    }
+    if let Some(s) = &claims.subject {
+        set_headers.push(("x-smart-sub", s.clone()));
+    }
+    if let Some(u) = &claims.fhir_user {
+        set_headers.push(("x-smart-fhir-user", u.clone()));
+    }
+    if let Some(e) = &claims.encounter {
+        set_headers.push(("x-smart-encounter", e.clone()));
+    }
+    set_headers.retain(|(_, v)| is_header_value_safe(v));
+    set_headers
 }
 
 /// Header values forwarded upstream must not carry control characters (header injection).
