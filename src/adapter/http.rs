@@ -211,14 +211,19 @@ impl Stream {
     /// Completes and writes this stream's audit record, once: the log line, the filter state the
     /// access log reads, and the AuditEvent queue.
     fn write_audit(&self, status: Option<u16>, from_upstream: bool) {
-        let Some(mut record) = self.state.borrow_mut().audit.take() else {
+        let Some(mut record) = self.state.try_borrow_mut().ok().and_then(|mut s| s.audit.take()) else {
             return;
         };
         record.complete(status, from_upstream);
         let json = record.to_json();
         host::set_filter_state(FILTER_STATE_PROPERTY, &json);
         let Some(vm) = &self.vm else { return };
-        let mut v = vm.borrow_mut();
+        // Never re-entered in practice (Envoy sends local replies after the VM call returns); if the
+        // VM state were busy, the record is still logged rather than lost or a panic risked.
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            log::info!("{LOG_PREFIX}{json}");
+            return;
+        };
         let config = v.engine.config().clone();
         if config.audit.log {
             log::info!("{LOG_PREFIX}{json}");
