@@ -591,3 +591,69 @@ fn a_client_added_to_the_revocation_list_is_refused_after_the_next_refresh() {
     assert!(served_again);
     assert!(!envoy.log().contains(&t));
 }
+
+/// Metric names (`smart_fhir_edge_…`) and `by (…)` label lists of a PromQL expression.
+fn promql_names_and_labels(expr: &str) -> (Vec<String>, Vec<String>) {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("smart_fhir_edge_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    let mut labels = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("by (") {
+        let tail = &rest[i + 4..];
+        let end = tail.find(')').unwrap();
+        labels.extend(tail[..end].split(',').map(|l| l.trim().to_string()));
+        rest = &tail[end..];
+    }
+    (names, labels)
+}
+
+#[test]
+fn the_grafana_dashboard_reads_only_metrics_and_labels_envoy_exposes() {
+    let (idp, up, audit) = (Idp::start(default_jwks()), fhir_upstream(), audit_server());
+    let lists = Server::start(|_| Response::text(200, "application/json", r#"{"jtis": []}"#));
+    let mut cfg = plugin_config();
+    cfg["audit_event"] = json!({"uri": format!("http://127.0.0.1:{}/fhir", audit.port()), "cluster": "audit"});
+    cfg["revocation"] = json!({"refresh": {
+        "uri": format!("http://127.0.0.1:{}/revoked.json", lists.port()), "cluster": "lists"}});
+    let envoy = audit_envoy(&cfg, &up, idp.port(), audit.port(), lists.port());
+    let t = token(&claims("patient/*.rs", Some("123")));
+    assert_eq!(get(&envoy, "/fhir/Patient/123", "g-1", Some(&t)).status, 200);
+    assert_eq!(get(&envoy, "/fhir/Patient/123", "g-2", None).status, 401);
+    assert!(envoy.wait_until(Duration::from_secs(8), || {
+        metric(&envoy, "smart_fhir_edge_signature_verification_us_count", &[]).is_some_and(|c| c >= 1.0)
+            && metric(&envoy, "smart_fhir_edge_revocation_refreshes_total", &[("outcome", "updated")]).is_some()
+    }));
+    let samples = prometheus_samples(&envoy.prometheus());
+    let path = wasm_tests::real_envoy::repo_root().join("envoy/grafana/smart-fhir-edge.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let (names, labels) = promql_names_and_labels(expr);
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                let series: Vec<&BTreeMap<String, String>> =
+                    samples.iter().filter(|(n, _, _)| *n == name).map(|(_, l, _)| l).collect();
+                assert!(!series.is_empty(), "{}: `{name}` is not exposed", panel["title"]);
+                for label in labels.iter().filter(|l| *l != "le") {
+                    assert!(
+                        series.iter().all(|l| l.contains_key(label)),
+                        "{}: `{name}` has no label `{label}`: {series:?}",
+                        panel["title"]
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked} metric references checked");
+}
