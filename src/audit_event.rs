@@ -222,6 +222,27 @@ pub fn batch_bundle(events: &[Value]) -> Value {
     json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
 }
 
+/// Entries of a `batch-response` Bundle whose `response.status` is not 2xx (0 for anything that
+/// is not a batch-response: the HTTP status already judged it).
+pub fn refused_entries(body: &[u8]) -> u64 {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    if v["resourceType"] != "Bundle" || v["type"] != "batch-response" {
+        return 0;
+    }
+    v["entry"].as_array().map_or(0, |entries| {
+        entries
+            .iter()
+            .filter(|e| {
+                !e["response"]["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with('2'))
+            })
+            .count() as u64
+    })
+}
+
 /// A Bundle ready to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -376,6 +397,14 @@ impl AuditQueue {
                 }
             }
         }
+    }
+
+    /// The server took the Bundle but its `batch-response` refused `n` entries: they count as
+    /// dropped, not sent.
+    pub fn note_refused_entries(&mut self, n: u64) {
+        let moved = n.min(self.counts.sent);
+        self.counts.sent -= moved;
+        self.counts.dropped += moved;
     }
 
     /// Counts since the last call.
@@ -684,6 +713,34 @@ mod tests {
                 sent: 0,
                 dropped: 2,
                 failed_batches: 1
+            }
+        );
+    }
+
+    #[test]
+    fn entries_a_batch_response_refuses_count_as_dropped() {
+        let response = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "201 Created"}},
+            {"response": {"status": "400 Bad Request"}},
+            {"response": {"status": "201"}},
+            {"response": {}},
+        ]});
+        assert_eq!(refused_entries(response.to_string().as_bytes()), 2);
+        assert_eq!(refused_entries(b"not json"), 0);
+        assert_eq!(refused_entries(br#"{"resourceType": "OperationOutcome"}"#), 0);
+        let mut q = AuditQueue::new(&sink(4, 10));
+        for i in 0..4 {
+            q.push(ev(i));
+        }
+        assert!(q.poll(0).is_some());
+        q.on_result(SendResult::Accepted, 0);
+        q.note_refused_entries(2);
+        assert_eq!(
+            q.take_counts(),
+            QueueCounts {
+                sent: 2,
+                dropped: 2,
+                failed_batches: 0
             }
         );
     }

@@ -70,7 +70,7 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     ),
     (
         "outcome",
-        r"^wasmcustom\.smart_fhir_edge\.[a-z_]+(\.outcome\.([a-z]+))$",
+        r"^wasmcustom\.smart_fhir_edge\.[a-z_]+(?:\.provider\.[0-9]+)?(\.outcome\.([a-z]+))$",
     ),
 ];
 

@@ -12,12 +12,15 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::host::{self, HostMetrics, HostSharedData};
 use super::http::{Stream, StreamState};
-use crate::audit_event::{AuditQueue, SendResult};
+use crate::audit_event::{refused_entries, AuditQueue, SendResult};
 use crate::config::Config;
 use crate::decision::Engine;
 use crate::jwks::cache::{FetchAnswer, FetchOutcome, FetchRequest, MAX_DOCUMENT_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::revocation::{RefreshOutcome, RefreshRequest, MAX_LIST_BYTES};
+
+/// Largest batch-response read to count refused entries (bytes).
+const MAX_BATCH_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Tick period: how often keys are polled and waiting requests are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -318,8 +321,20 @@ impl Context for Root {
                             }
                         );
                     }
+                    let refused = if result == SendResult::Accepted && body_size <= MAX_BATCH_RESPONSE_BYTES {
+                        host::buffer(BufferType::HttpCallResponseBody, body_size)
+                            .map_or(0, |b| refused_entries(&b))
+                    } else {
+                        0
+                    };
+                    if refused > 0 {
+                        log::warn!(
+                            "smart-fhir-edge: the AuditEvent server refused {refused} entries of a batch"
+                        );
+                    }
                     if let Some(q) = v.audit_queue.as_mut() {
                         q.on_result(result, now);
+                        q.note_refused_entries(refused);
                     }
                     Root::count_audit(&mut v);
                 }

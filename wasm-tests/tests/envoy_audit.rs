@@ -492,6 +492,50 @@ fn audit_events_reach_a_fhir_server_in_batches() {
 }
 
 #[test]
+fn entries_the_audit_server_refuses_count_as_dropped() {
+    let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
+    let refusing = Server::start(|req| {
+        let n = serde_json::from_slice::<Value>(&req.body)
+            .ok()
+            .and_then(|b| b["entry"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        let entries: Vec<Value> = (0..n)
+            .map(|i| json!({"response": {"status": if i == 0 { "201 Created" } else { "422 Unprocessable Entity" }}}))
+            .collect();
+        Response::json(
+            200,
+            json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}).to_string(),
+        )
+    });
+    let mut cfg = plugin_config();
+    cfg["audit_event"] = json!({
+        "uri": format!("http://127.0.0.1:{}/fhir", refusing.port()), "cluster": "audit",
+        "batch_size": 3, "flush_interval_ms": 5000
+    });
+    let envoy = audit_envoy(&cfg, &up, idp.port(), refusing.port(), free_port());
+    // One event goes out alone on the first tick (nothing was sent yet); the next three fill a batch.
+    assert_eq!(get(&envoy, "/fhir/Patient/123", "x-0", None).status, 401);
+    assert!(envoy.wait_until(Duration::from_secs(5), || refusing.request_count() == 1));
+    for i in 1..=3 {
+        assert_eq!(
+            get(&envoy, "/fhir/Patient/123", &format!("x-{i}"), None).status,
+            401
+        );
+    }
+    let counts = || {
+        (
+            metric(&envoy, "smart_fhir_edge_audit_events_sent_total", &[]),
+            metric(&envoy, "smart_fhir_edge_audit_events_dropped_total", &[]),
+        )
+    };
+    assert!(
+        envoy.wait_until(Duration::from_secs(5), || counts() == (Some(2.0), Some(2.0))),
+        "first entry of each batch taken, the rest refused: {:?}",
+        counts()
+    );
+}
+
+#[test]
 fn a_dead_audit_server_never_fails_requests_and_counts_what_it_drops() {
     let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
     let dead = free_port();
@@ -592,6 +636,17 @@ fn a_client_added_to_the_revocation_list_is_refused_after_the_next_refresh() {
     assert!(!envoy.log().contains(&t));
 }
 
+#[test]
+fn the_example_envoy_config_carries_the_filters_stats_tag_rules() {
+    let yaml = config_file("test-audit.yaml");
+    for (tag, regex) in smart_fhir_edge::metrics::STATS_TAGS {
+        assert!(
+            yaml.contains(&format!("- tag_name: {tag}\n    regex: '{regex}'")),
+            "{tag}"
+        );
+    }
+}
+
 /// Metric names (`smart_fhir_edge_…`) and `by (…)` label lists of a PromQL expression.
 fn promql_names_and_labels(expr: &str) -> (Vec<String>, Vec<String>) {
     let mut names = Vec::new();
@@ -620,7 +675,8 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_envoy_exposes() {
     let (idp, up, audit) = (Idp::start(default_jwks()), fhir_upstream(), audit_server());
     let lists = Server::start(|_| Response::text(200, "application/json", r#"{"jtis": []}"#));
     let mut cfg = plugin_config();
-    cfg["audit_event"] = json!({"uri": format!("http://127.0.0.1:{}/fhir", audit.port()), "cluster": "audit"});
+    cfg["audit_event"] =
+        json!({"uri": format!("http://127.0.0.1:{}/fhir", audit.port()), "cluster": "audit"});
     cfg["revocation"] = json!({"refresh": {
         "uri": format!("http://127.0.0.1:{}/revoked.json", lists.port()), "cluster": "lists"}});
     let envoy = audit_envoy(&cfg, &up, idp.port(), audit.port(), lists.port());
@@ -629,7 +685,12 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_envoy_exposes() {
     assert_eq!(get(&envoy, "/fhir/Patient/123", "g-2", None).status, 401);
     assert!(envoy.wait_until(Duration::from_secs(8), || {
         metric(&envoy, "smart_fhir_edge_signature_verification_us_count", &[]).is_some_and(|c| c >= 1.0)
-            && metric(&envoy, "smart_fhir_edge_revocation_refreshes_total", &[("outcome", "updated")]).is_some()
+            && metric(
+                &envoy,
+                "smart_fhir_edge_revocation_refreshes_total",
+                &[("outcome", "updated")],
+            )
+            .is_some()
     }));
     let samples = prometheus_samples(&envoy.prometheus());
     let path = wasm_tests::real_envoy::repo_root().join("envoy/grafana/smart-fhir-edge.json");
@@ -641,8 +702,11 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_envoy_exposes() {
             let (names, labels) = promql_names_and_labels(expr);
             assert!(!names.is_empty(), "{expr}");
             for name in names {
-                let series: Vec<&BTreeMap<String, String>> =
-                    samples.iter().filter(|(n, _, _)| *n == name).map(|(_, l, _)| l).collect();
+                let series: Vec<&BTreeMap<String, String>> = samples
+                    .iter()
+                    .filter(|(n, _, _)| *n == name)
+                    .map(|(_, l, _)| l)
+                    .collect();
                 assert!(!series.is_empty(), "{}: `{name}` is not exposed", panel["title"]);
                 for label in labels.iter().filter(|l| *l != "le") {
                     assert!(
