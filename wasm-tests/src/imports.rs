@@ -350,6 +350,11 @@ const PROXY_FUNCTIONS: &[&str] = &[
     "proxy_increment_metric",
     "proxy_record_metric",
     "proxy_get_metric",
+    "proxy_grpc_call",
+    "proxy_grpc_stream",
+    "proxy_grpc_send",
+    "proxy_grpc_cancel",
+    "proxy_grpc_close",
     "pthread_equal",
 ];
 
@@ -1164,6 +1169,42 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             INVALID_MEMORY
         })
     })?;
+    // ---- gRPC: Envoy provides it; the Rust SDK always imports it; the filter does not use it ----
+    l.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut c: C,
+         _a: u32,
+         _b: u32,
+         _cc: u32,
+         _d: u32,
+         _e: u32,
+         _f: u32,
+         _g: u32,
+         _h: u32,
+         _i: u32,
+         _j: u32,
+         _timeout: u32,
+         _token_ptr: u32|
+         -> R {
+            c.data_mut().fault = Some("gRPC callouts (proxy_grpc_call) are not emulated".into());
+            Err(wasmtime::Error::msg("harness limitation: proxy_grpc_call"))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |mut c: C, _a: u32, _b: u32, _cc: u32, _d: u32, _e: u32, _f: u32, _g: u32, _h: u32, _token_ptr: u32| -> R {
+            c.data_mut().fault = Some("gRPC streams (proxy_grpc_stream) are not emulated".into());
+            Err(wasmtime::Error::msg("harness limitation: proxy_grpc_stream"))
+        },
+    )?;
+    // No gRPC call or stream can exist, so every token is unknown.
+    l.func_wrap("env", "proxy_grpc_send", |_c: C, _token: u32, _ptr: u32, _len: u32, _end: u32| -> R {
+        Ok(NOT_FOUND)
+    })?;
+    l.func_wrap("env", "proxy_grpc_cancel", |_c: C, _token: u32| -> R { Ok(NOT_FOUND) })?;
+    l.func_wrap("env", "proxy_grpc_close", |_c: C, _token: u32| -> R { Ok(NOT_FOUND) })?;
     l.func_wrap("env", "pthread_equal", |_c: C, a: u32, b: u32| -> u32 {
         u32::from(a == b)
     })?;
