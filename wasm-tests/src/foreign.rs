@@ -369,7 +369,9 @@ mod tests {
     #[test]
     fn verifies_signatures_made_by_openssl_like_envoy() {
         let rsa = fixture!("rsa_pub.der");
-        let table: &[(&str, &[u8], &[u8], bool, &str)] = &[
+        // (hash, key, signature, verified, error)
+        type Case<'a> = (&'a str, &'a [u8], &'a [u8], bool, &'a str);
+        let table: &[Case] = &[
             ("sha256", rsa, fixture!("rsa_sha256.sig"), true, ""),
             ("SHA256", rsa, fixture!("rsa_sha256.sig"), true, ""),
             ("sha1", rsa, fixture!("rsa_sha1.sig"), true, ""),

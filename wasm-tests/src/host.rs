@@ -158,12 +158,15 @@ impl HostState {
     }
 }
 
+/// (VM configuration, plugin configuration, root id): one canary per distinct configuration.
+pub(crate) type CanaryKey = (Vec<u8>, Vec<u8>, String);
+
 pub(crate) struct HostInner {
     pub state: Rc<RefCell<HostState>>,
     pub program: Arc<Program>,
     pub vms: RefCell<Vec<(usize, Rc<RefCell<VmInner>>)>>,
     pub next_canary: RefCell<usize>,
-    pub canaries_done: RefCell<HashMap<(Vec<u8>, Vec<u8>, String), Result<(), ConfigRefused>>>,
+    pub canaries_done: RefCell<HashMap<CanaryKey, Result<(), ConfigRefused>>>,
 }
 
 /// The emulated Envoy. Cheap to clone (a handle); not `Send` — one per test.
@@ -339,6 +342,12 @@ pub struct MetricSnapshot {
     pub value: u64,
     /// Recorded histogram samples.
     pub samples: Vec<u64>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::new()
+    }
 }
 
 impl Host {

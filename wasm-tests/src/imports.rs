@@ -7,7 +7,7 @@ use wasmtime::{Caller, Engine, Linker, Module};
 use crate::abi::{decode_pairs, encode_pairs, BufferType, LogLevel, MapType, MetricKind};
 use crate::callout::CallResult;
 use crate::foreign;
-use crate::host::{HostEvent, MetricKindKey, MetricState, PendingCallout, QueueState};
+use crate::host::{HostEvent, MetricKindKey, PendingCallout, QueueState};
 use crate::types::{Headers, LogSource};
 use crate::vm::{AfterCall, VmState};
 use crate::HarnessError;
@@ -1084,7 +1084,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 .borrow_mut()
                 .metrics
                 .entry((name, MetricKindKey::from(kind)))
-                .or_insert_with(MetricState::default);
+                .or_default();
             Ok(if write_u32(&mut c, id_ptr, id) {
                 OK
             } else {
@@ -1194,17 +1194,33 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |mut c: C, _a: u32, _b: u32, _cc: u32, _d: u32, _e: u32, _f: u32, _g: u32, _h: u32, _token_ptr: u32| -> R {
+        |mut c: C,
+         _a: u32,
+         _b: u32,
+         _cc: u32,
+         _d: u32,
+         _e: u32,
+         _f: u32,
+         _g: u32,
+         _h: u32,
+         _token_ptr: u32|
+         -> R {
             c.data_mut().fault = Some("gRPC streams (proxy_grpc_stream) are not emulated".into());
             Err(wasmtime::Error::msg("harness limitation: proxy_grpc_stream"))
         },
     )?;
     // No gRPC call or stream can exist, so every token is unknown.
-    l.func_wrap("env", "proxy_grpc_send", |_c: C, _token: u32, _ptr: u32, _len: u32, _end: u32| -> R {
+    l.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: C, _token: u32, _ptr: u32, _len: u32, _end: u32| -> R { Ok(NOT_FOUND) },
+    )?;
+    l.func_wrap("env", "proxy_grpc_cancel", |_c: C, _token: u32| -> R {
         Ok(NOT_FOUND)
     })?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C, _token: u32| -> R { Ok(NOT_FOUND) })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C, _token: u32| -> R { Ok(NOT_FOUND) })?;
+    l.func_wrap("env", "proxy_grpc_close", |_c: C, _token: u32| -> R {
+        Ok(NOT_FOUND)
+    })?;
     l.func_wrap("env", "pthread_equal", |_c: C, a: u32, b: u32| -> u32 {
         u32::from(a == b)
     })?;

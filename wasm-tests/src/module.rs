@@ -63,8 +63,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Compiles (once per process) the module at `path`.
 pub(crate) fn load_file(path: &Path) -> Result<Arc<Program>, HarnessError> {
-    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<Result<Arc<Program>, String>>>>>> =
-        OnceLock::new();
+    type Slot = Arc<OnceLock<Result<Arc<Program>, String>>>;
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Slot>>> = OnceLock::new();
     let slot = {
         let mut map = CACHE
             .get_or_init(Default::default)

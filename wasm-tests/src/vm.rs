@@ -131,6 +131,9 @@ impl VmState {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+type OnHttpCallResponse = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
 pub(crate) struct Exports {
     pub initialize: Option<TypedFunc<(), ()>>,
     pub start: Option<TypedFunc<(), ()>>,
@@ -145,7 +148,7 @@ pub(crate) struct Exports {
     pub on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     pub on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     pub on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    pub on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub on_http_call_response: Option<OnHttpCallResponse>,
     pub on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
     pub on_log: Option<TypedFunc<u32, ()>>,
     pub on_done: Option<TypedFunc<u32, u32>>,

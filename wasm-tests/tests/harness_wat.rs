@@ -308,3 +308,102 @@ fn outcome_before_sending_anything_is_not_started() {
     let s = request(&vm, None);
     assert_eq!(s.outcome(), Outcome::NotStarted);
 }
+
+const METRICS: &str = include_str!("wat/metrics.wat");
+const PROPERTIES: &str = include_str!("wat/properties.wat");
+
+fn statuses(vm: &wasm_tests::Vm) -> String {
+    vm.logs().iter().map(|l| l.message.as_str()).collect()
+}
+
+#[test]
+fn metrics_follow_envoys_rules_and_are_shared_by_name_across_vms() {
+    let host = Host::from_wat(METRICS);
+    let a = host.vm();
+    a.tick();
+    // define kind 3: BadArgument; then per tick: counter +1 ok, counter +0 BadArgument, gauge +5 ok,
+    // gauge -2 ok, histogram record ok, histogram increment BadArgument, histogram get BadArgument,
+    // counter get ok, unknown id NotFound.
+    assert_eq!(statuses(&a), "2020002201");
+    assert_eq!(host.metric("requests"), Some(1));
+    assert_eq!(host.metric("inflight"), Some(3));
+    assert_eq!(host.histogram("latency"), Some(vec![7]));
+    assert_eq!(host.metric("absent"), None);
+    let b = host.vm();
+    b.tick();
+    assert_eq!(
+        host.metric("requests"),
+        Some(2),
+        "one stat per name, whichever VM defined it"
+    );
+    assert_eq!(host.histogram("latency"), Some(vec![7, 7]));
+}
+
+#[test]
+fn properties_come_from_the_stream_the_host_and_the_module_like_envoy() {
+    let host = Host::from_wat(PROPERTIES);
+    let vm = host
+        .start_vm(wasm_tests::VmConfig {
+            root_id: "edge".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(statuses(&vm), "1", "set_property on the root context: NotFound");
+    let s = vm.request(&[
+        (":method", "POST"),
+        (":path", "/fhir/Patient/_search"),
+        (":authority", "a"),
+    ]);
+    s.set_property("source.address", "10.1.2.3:5555");
+    let out = s.send_headers(false);
+    let forwarded = out.expect_continued();
+    assert_eq!(forwarded.get("x-source"), Some("10.1.2.3:5555"));
+    assert_eq!(
+        forwarded.get("x-flag"),
+        Some("on"),
+        "a one-segment module property reads back"
+    );
+    assert_eq!(forwarded.get("x-root"), Some("edge"));
+    // set flag ok, set a.b ok, get a.b NotFound (Envoy looks up the first segment only), get nope NotFound.
+    assert_eq!(statuses(&vm), "10011");
+    // A host-wide property is visible too.
+    host.set_property("source.address", "192.0.2.1:1");
+    let s2 = vm.request(&[(":method", "GET"), (":path", "/"), (":authority", "a")]);
+    assert_eq!(
+        s2.send_headers(true).expect_continued().get("x-source"),
+        Some("192.0.2.1:1")
+    );
+}
+
+#[test]
+fn a_buffered_request_body_is_held_until_the_filter_continues_and_then_goes_upstream_as_modified() {
+    let host = Host::from_wat(PROPERTIES);
+    let vm = host.vm();
+    let s = vm.request(&[
+        (":method", "POST"),
+        (":path", "/fhir/Patient/_search"),
+        (":authority", "a"),
+    ]);
+    assert!(s.send_headers(false).is_continued());
+    assert!(
+        s.send_body(b"abc", false).is_paused(),
+        "StopIterationAndBuffer holds the chunk"
+    );
+    assert_eq!(s.upstream_request().body, b"");
+    let out = s.send_body(b"def", true);
+    assert!(out.is_continued(), "{out:?}");
+    let up = s.upstream_request();
+    assert_eq!((up.body.as_slice(), up.complete), (&b"replaced"[..], true));
+}
+
+#[test]
+fn request_headers_are_unreadable_in_response_callbacks_after_continue_but_readable_in_on_log() {
+    let (_host, vm) = http_vm();
+    let s = request(&vm, None);
+    s.send_headers(true).expect_continued();
+    s.respond(200, &[], b"").expect_responded();
+    s.finish();
+    // on_response_headers: BadArgument (Envoy nulled the request header map on Continue);
+    // on_log: Ok (the access-log view of the request headers).
+    assert_eq!(statuses(&vm), "20on_log");
+}

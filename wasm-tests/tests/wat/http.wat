@@ -3,6 +3,8 @@
 ;;   r...     local reply 403 "denied" + x-why   d... dispatch a callout to cluster `idp`, pause;
 ;;            on the answer: 2xx -> continue, other status -> 502, no :status (reset) -> 503
 ;; Every response gets `x-stamp: 1`. A plugin configuration starting with `b` is refused.
+;; The response-headers and log callbacks log the status of reading request header `:path`
+;; ('0' + status).
 (module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
@@ -27,6 +29,10 @@
   (data (i32.const 320) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\05\00\00\00\0a\00\00\00\03\00\00\00:method\00GET\00:path\00/jwks\00:authority\00idp\00")
   (data (i32.const 400) ":status")
   (data (i32.const 420) "on_log")
+  (data (i32.const 470) ":path")
+  (func $status (param $st i32)
+    (i32.store8 (i32.const 600) (i32.add (i32.const 48) (local.get $st)))
+    (drop (call $log (i32.const 2) (i32.const 600) (i32.const 1))))
   ;; 34 bytes
   (data (i32.const 430) "invalid configuration: field `bad`")
   (func (export "malloc") (param $n i32) (result i32)
@@ -65,6 +71,7 @@
     (drop (call $add_header (i32.const 0) (i32.const 210) (i32.const 6) (i32.const 216) (i32.const 1)))
     (i32.const 0))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (call $status (call $get_header (i32.const 0) (i32.const 470) (i32.const 5) (i32.const 520) (i32.const 524)))
     (drop (call $add_header (i32.const 2) (i32.const 220) (i32.const 7) (i32.const 216) (i32.const 1)))
     (i32.const 0))
   (func (export "proxy_on_http_call_response") (param $root i32) (param $token i32) (param $nh i32) (param $nb i32) (param $nt i32)
@@ -76,7 +83,9 @@
     (if (i32.eq (i32.load8_u (i32.load (i32.const 500))) (i32.const 0x32))
       (then (drop (call $continue (i32.const 0))) (return)))
     (drop (call $reply (i32.const 502) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))))
-  (func (export "proxy_on_log") (param i32) (drop (call $log (i32.const 2) (i32.const 420) (i32.const 6))))
+  (func (export "proxy_on_log") (param i32)
+    (call $status (call $get_header (i32.const 0) (i32.const 470) (i32.const 5) (i32.const 520) (i32.const 524)))
+    (drop (call $log (i32.const 2) (i32.const 420) (i32.const 6))))
   (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
   (func (export "proxy_on_delete") (param i32))
 )
