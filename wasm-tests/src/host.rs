@@ -123,12 +123,13 @@ impl HostState {
         MONOTONIC_ORIGIN_NS + self.now_ns.saturating_sub(self.start_ns)
     }
 
-    pub fn log(&mut self, vm: usize, level: LogLevel, source: LogSource, message: String) {
+    pub fn log(&mut self, vm: usize, context: u32, level: LogLevel, source: LogSource, message: String) {
         if level >= self.options.log_level {
             self.logs.push(LogEntry {
                 level,
                 message,
                 vm,
+                context,
                 source,
             });
         }
@@ -529,6 +530,12 @@ impl Host {
     /// The test clock (what `proxy_get_current_time_nanoseconds` and WASI realtime answer).
     pub fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.inner.state.borrow().now_ns)
+    }
+
+    /// The test clock in nanoseconds since the Unix epoch (compare with
+    /// [`Callout::dispatched_at_ns`]).
+    pub fn now_ns(&self) -> u64 {
+        self.inner.state.borrow().now_ns
     }
 
     /// The test clock in Unix seconds.

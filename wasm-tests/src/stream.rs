@@ -858,6 +858,17 @@ impl Stream {
         })
     }
 
+    /// Log lines the module wrote while running on this stream's context.
+    pub fn logs(&self) -> Vec<crate::LogEntry> {
+        let vm = self.vm.index;
+        self.vm
+            .host
+            .logs()
+            .into_iter()
+            .filter(|l| l.vm == vm && l.context == self.ctx)
+            .collect()
+    }
+
     /// The response the client received, if any.
     pub fn response(&self) -> Option<Response> {
         self.outcome().response().cloned()

@@ -272,8 +272,10 @@ pub struct LogEntry {
     pub level: LogLevel,
     /// Text.
     pub message: String,
-    /// Index of the VM that logged it (`usize::MAX` for host-wide lines).
+    /// Index of the VM that logged it.
     pub vm: usize,
+    /// Context it was logged from (root context, HTTP context, or 0 during `_initialize`).
+    pub context: u32,
     /// Origin.
     pub source: LogSource,
 }

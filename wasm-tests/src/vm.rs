@@ -121,7 +121,10 @@ impl VmState {
     }
 
     pub fn log(&self, level: LogLevel, source: LogSource, message: String) {
-        self.host.borrow_mut().log(self.index, level, source, message);
+        let context = self.context();
+        self.host
+            .borrow_mut()
+            .log(self.index, context, level, source, message);
     }
 
     pub fn next_metric_id(&mut self, kind: MetricKind) -> u32 {

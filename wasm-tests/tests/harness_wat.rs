@@ -407,3 +407,20 @@ fn request_headers_are_unreadable_in_response_callbacks_after_continue_but_reada
     // on_log: Ok (the access-log view of the request headers).
     assert_eq!(statuses(&vm), "20on_log");
 }
+
+#[test]
+fn a_local_reply_from_the_response_path_replaces_the_upstream_response_without_rerunning_the_filter() {
+    let (_host, vm) = http_vm();
+    let s = request(&vm, None);
+    s.send_headers(true).expect_continued();
+    let out = s.respond(500, &[("x-replace", "1")], b"upstream error");
+    let r = out.expect_local_reply();
+    assert_eq!((r.status, r.body_text().as_str()), (418, "teapot"));
+    assert_eq!(
+        r.header("x-stamp"),
+        None,
+        "Envoy sends it directly, the filter does not see it"
+    );
+    assert_eq!(r.header("x-replace"), None);
+    assert!(r.complete);
+}

@@ -3,6 +3,7 @@
 ;;   r...     local reply 403 "denied" + x-why   d... dispatch a callout to cluster `idp`, pause;
 ;;            on the answer: 2xx -> continue, other status -> 502, no :status (reset) -> 503
 ;; Every response gets `x-stamp: 1`. A plugin configuration starting with `b` is refused.
+;; A response carrying `x-replace` is replaced by a local reply 418 "teapot" from the response path.
 ;; The response-headers and log callbacks log the status of reading request header `:path`
 ;; ('0' + status).
 (module
@@ -30,6 +31,8 @@
   (data (i32.const 400) ":status")
   (data (i32.const 420) "on_log")
   (data (i32.const 470) ":path")
+  (data (i32.const 480) "x-replace")
+  (data (i32.const 490) "teapot")
   (func $status (param $st i32)
     (i32.store8 (i32.const 600) (i32.add (i32.const 48) (local.get $st)))
     (drop (call $log (i32.const 2) (i32.const 600) (i32.const 1))))
@@ -73,6 +76,10 @@
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
     (call $status (call $get_header (i32.const 0) (i32.const 470) (i32.const 5) (i32.const 520) (i32.const 524)))
     (drop (call $add_header (i32.const 2) (i32.const 220) (i32.const 7) (i32.const 216) (i32.const 1)))
+    (if (i32.eqz (call $get_header (i32.const 2) (i32.const 480) (i32.const 9) (i32.const 520) (i32.const 524)))
+      (then
+        (drop (call $reply (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 490) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (return (i32.const 1))))
     (i32.const 0))
   (func (export "proxy_on_http_call_response") (param $root i32) (param $token i32) (param $nh i32) (param $nb i32) (param $nt i32)
     (drop (call $set_effective (global.get $waiting)))
