@@ -89,7 +89,11 @@ pub enum Denial {
     /// The keys needed to verify the token are not available (identity provider unreachable).
     KeysUnavailable,
     /// Authorization refused the request. `scope` names a scope that would have allowed it.
-    Forbidden { reason: ForbiddenReason, scope: Option<String>, detail: String },
+    Forbidden {
+        reason: ForbiddenReason,
+        scope: Option<String>,
+        detail: String,
+    },
     /// The request is not a readable FHIR interaction.
     BadRequest(RequestReason, &'static str),
     /// An internal failure of the filter (fails closed).
@@ -118,7 +122,9 @@ pub const KEYS_RETRY_AFTER_S: u32 = 5;
 fn bearer(realm: &str, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
     let mut v = format!("Bearer realm=\"{realm}\"");
     if let Some((code, description)) = error {
-        v.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
+        v.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{description}\""
+        ));
     }
     if let Some(s) = scope {
         v.push_str(&format!(", scope=\"{s}\""));
@@ -131,34 +137,47 @@ impl TokenReason {
     pub fn describe(self) -> (&'static str, &'static str) {
         match self {
             TokenReason::TooLarge => ("invalid_token.too_large", "The access token is too large"),
-            TokenReason::Malformed => ("invalid_token.malformed", "The access token is not a well-formed JWS"),
-            TokenReason::AlgorithmNotAllowed => {
-                ("invalid_token.algorithm", "The access token's signature algorithm is not accepted")
+            TokenReason::Malformed => (
+                "invalid_token.malformed",
+                "The access token is not a well-formed JWS",
+            ),
+            TokenReason::AlgorithmNotAllowed => (
+                "invalid_token.algorithm",
+                "The access token's signature algorithm is not accepted",
+            ),
+            TokenReason::UnsupportedHeader => (
+                "invalid_token.header",
+                "The access token's header uses an unsupported parameter",
+            ),
+            TokenReason::UnknownIssuer => {
+                ("invalid_token.issuer", "The access token's issuer is not trusted")
             }
-            TokenReason::UnsupportedHeader => {
-                ("invalid_token.header", "The access token's header uses an unsupported parameter")
-            }
-            TokenReason::UnknownIssuer => ("invalid_token.issuer", "The access token's issuer is not trusted"),
-            TokenReason::UnknownKey => {
-                ("invalid_token.unknown_key", "The access token is signed with an unknown key")
-            }
-            TokenReason::BadSignature => {
-                ("invalid_token.signature", "The access token's signature does not verify")
-            }
+            TokenReason::UnknownKey => (
+                "invalid_token.unknown_key",
+                "The access token is signed with an unknown key",
+            ),
+            TokenReason::BadSignature => (
+                "invalid_token.signature",
+                "The access token's signature does not verify",
+            ),
             TokenReason::Expired => ("invalid_token.expired", "The access token has expired"),
             TokenReason::NotYetValid => ("invalid_token.not_yet_valid", "The access token is not valid yet"),
-            TokenReason::IssuedInFuture => {
-                ("invalid_token.issued_in_future", "The access token was issued in the future")
-            }
-            TokenReason::LifetimeTooLong => {
-                ("invalid_token.lifetime", "The access token's lifetime exceeds the allowed maximum")
-            }
-            TokenReason::WrongAudience => {
-                ("invalid_token.audience", "The access token is not meant for this server")
-            }
-            TokenReason::MissingClaim => {
-                ("invalid_token.claims", "The access token lacks a required claim or has a mistyped one")
-            }
+            TokenReason::IssuedInFuture => (
+                "invalid_token.issued_in_future",
+                "The access token was issued in the future",
+            ),
+            TokenReason::LifetimeTooLong => (
+                "invalid_token.lifetime",
+                "The access token's lifetime exceeds the allowed maximum",
+            ),
+            TokenReason::WrongAudience => (
+                "invalid_token.audience",
+                "The access token is not meant for this server",
+            ),
+            TokenReason::MissingClaim => (
+                "invalid_token.claims",
+                "The access token lacks a required claim or has a mistyped one",
+            ),
             TokenReason::Revoked => ("invalid_token.revoked", "The access token has been revoked"),
         }
     }
@@ -224,21 +243,33 @@ impl Denial {
                     .into(),
                 reason_code: "keys_unavailable",
             },
-            Denial::Forbidden { reason, scope, detail } => {
+            Denial::Forbidden {
+                reason,
+                scope,
+                detail,
+            } => {
                 let (reason_code, lead) = match reason {
                     ForbiddenReason::InsufficientScope => ("insufficient_scope", "Insufficient scope"),
                     ForbiddenReason::PatientContextMissing => {
                         ("patient_context_missing", "The token carries no patient context")
                     }
-                    ForbiddenReason::OutsidePatientCompartment => {
-                        ("outside_patient_compartment", "The request reaches outside the patient in context")
+                    ForbiddenReason::OutsidePatientCompartment => (
+                        "outside_patient_compartment",
+                        "The request reaches outside the patient in context",
+                    ),
+                    ForbiddenReason::NotEnforceableAtEdge => (
+                        "not_enforceable",
+                        "This request cannot be verified at the edge for this token",
+                    ),
+                    ForbiddenReason::OperationNotAllowed => {
+                        ("operation_not_allowed", "Operation not allowed")
                     }
-                    ForbiddenReason::NotEnforceableAtEdge => {
-                        ("not_enforceable", "This request cannot be verified at the edge for this token")
-                    }
-                    ForbiddenReason::OperationNotAllowed => ("operation_not_allowed", "Operation not allowed"),
                 };
-                let diagnostics = if detail.is_empty() { lead.to_string() } else { format!("{lead}: {detail}") };
+                let diagnostics = if detail.is_empty() {
+                    lead.to_string()
+                } else {
+                    format!("{lead}: {detail}")
+                };
                 Reply {
                     status: 403,
                     www_authenticate: Some(bearer(
@@ -266,7 +297,9 @@ impl Denial {
                     RequestReason::MethodNotAllowed => {
                         (405, IssueType::NotSupported, "bad_request.method_not_allowed")
                     }
-                    RequestReason::MethodOverride => (400, IssueType::NotSupported, "bad_request.method_override"),
+                    RequestReason::MethodOverride => {
+                        (400, IssueType::NotSupported, "bad_request.method_override")
+                    }
                     RequestReason::UriTooLong => (414, IssueType::TooLong, "bad_request.too_long"),
                     RequestReason::BodyTooLarge => (413, IssueType::TooLong, "bad_request.body_too_large"),
                 };
@@ -333,7 +366,9 @@ mod tests {
                     assert!(w.starts_with("Bearer realm=\"ehr\""), "{w}");
                     assert!(w.contains(&format!("error=\"{e}\"")), "{w}");
                 }
-                None if status == 401 => assert_eq!(r.www_authenticate.as_deref(), Some("Bearer realm=\"ehr\"")),
+                None if status == 401 => {
+                    assert_eq!(r.www_authenticate.as_deref(), Some("Bearer realm=\"ehr\""))
+                }
                 None => assert!(r.www_authenticate.is_none(), "{denial:?}"),
             }
         }

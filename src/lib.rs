@@ -11,12 +11,14 @@
 pub mod authz;
 pub mod claims;
 pub mod config;
+pub mod decision;
 pub mod denial;
 pub mod fhir;
 pub mod jwks;
 pub mod outcome;
 pub mod scope;
 pub mod token;
+pub mod token_cache;
 
 pub mod adapter;
 

@@ -5,7 +5,6 @@
 //! responses that did not come from a FHIR server: Envoy's local replies (no healthy upstream,
 //! timeouts, rate limits, RBAC, buffer and header limits) and upstream errors in text or HTML.
 
-use serde_json::json;
 
 /// R4 `IssueSeverity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +102,18 @@ impl Format {
         fn is_xml(t: &str) -> bool {
             let t = t.trim().to_ascii_lowercase();
             let t = t.split(';').next().unwrap_or("").trim().to_string();
-            matches!(t.as_str(), "xml" | "text/xml" | "application/xml" | "application/fhir+xml")
+            matches!(
+                t.as_str(),
+                "xml" | "text/xml" | "application/xml" | "application/fhir+xml"
+            )
         }
         fn is_json(t: &str) -> bool {
             let t = t.trim().to_ascii_lowercase();
             let t = t.split(';').next().unwrap_or("").trim().to_string();
-            matches!(t.as_str(), "json" | "application/json" | "application/fhir+json" | "text/json")
+            matches!(
+                t.as_str(),
+                "json" | "application/json" | "application/fhir+json" | "text/json"
+            )
         }
         if let Some(f) = format_param {
             return if is_xml(f) { Format::Xml } else { Format::Json };
@@ -131,7 +136,10 @@ pub struct OperationOutcome {
 
 /// True when `s` is a valid FHIR `id` (`[A-Za-z0-9\-\.]{1,64}`).
 fn is_fhir_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Keeps a header value fit to echo: printable ASCII, bounded length.
@@ -147,7 +155,12 @@ fn sanitize_request_id(s: &str) -> Option<String> {
 impl OperationOutcome {
     pub fn single(severity: IssueSeverity, code: IssueType, diagnostics: impl Into<String>) -> Self {
         OperationOutcome {
-            issues: vec![Issue { severity, code, diagnostics: diagnostics.into(), expression: None }],
+            issues: vec![Issue {
+                severity,
+                code,
+                diagnostics: diagnostics.into(),
+                expression: None,
+            }],
             request_id: None,
         }
     }
@@ -164,30 +177,31 @@ impl OperationOutcome {
         }
     }
 
-    /// The resource as FHIR JSON.
+    /// The resource as FHIR JSON (`resourceType` first, as FHIR JSON is conventionally written).
     pub fn to_json(&self) -> String {
-        let issues: Vec<serde_json::Value> = self
-            .issues
-            .iter()
-            .map(|i| {
-                let mut v = json!({
-                    "severity": i.severity.code(),
-                    "code": i.code.code(),
-                    "diagnostics": self.diagnostics_of(i),
-                });
-                if let (Some(e), Some(obj)) = (&i.expression, v.as_object_mut()) {
-                    obj.insert("expression".into(), json!([e]));
-                }
-                v
-            })
-            .collect();
-        let mut v = json!({"resourceType": "OperationOutcome", "issue": issues});
-        if let (Some(id), Some(obj)) = (&self.request_id, v.as_object_mut()) {
-            if is_fhir_id(id) {
-                obj.insert("id".into(), json!(id));
-            }
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut out = String::from("{\"resourceType\":\"OperationOutcome\"");
+        if let Some(id) = self.request_id.as_deref().filter(|id| is_fhir_id(id)) {
+            out.push_str(&format!(",\"id\":{}", q(id)));
         }
-        v.to_string()
+        out.push_str(",\"issue\":[");
+        for (n, i) in self.issues.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"severity\":{},\"code\":{},\"diagnostics\":{}",
+                q(i.severity.code()),
+                q(i.code.code()),
+                q(&self.diagnostics_of(i))
+            ));
+            if let Some(e) = &i.expression {
+                out.push_str(&format!(",\"expression\":[{}]", q(e)));
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
     }
 
     /// The resource as FHIR XML.
@@ -202,7 +216,10 @@ impl OperationOutcome {
             s.push_str("<issue>");
             s.push_str(&format!("<severity value=\"{}\"/>", i.severity.code()));
             s.push_str(&format!("<code value=\"{}\"/>", i.code.code()));
-            s.push_str(&format!("<diagnostics value=\"{}\"/>", xml_escape(&self.diagnostics_of(i))));
+            s.push_str(&format!(
+                "<diagnostics value=\"{}\"/>",
+                xml_escape(&self.diagnostics_of(i))
+            ));
             if let Some(e) = &i.expression {
                 s.push_str(&format!("<expression value=\"{}\"/>", xml_escape(e)));
             }
@@ -268,7 +285,11 @@ pub fn is_fhir_content_type(content_type: Option<&str>) -> bool {
     let t = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     matches!(
         t.as_str(),
-        "application/fhir+json" | "application/fhir+xml" | "application/json" | "application/xml" | "text/xml"
+        "application/fhir+json"
+            | "application/fhir+xml"
+            | "application/json"
+            | "application/xml"
+            | "text/xml"
     )
 }
 
@@ -326,7 +347,7 @@ pub fn issue_for_status(status: u16, code_details: Option<&str>, source: ErrorSo
                 "Access denied by the external authorization service"
             } else if details.contains("payload_too_large") || status == 413 {
                 "The request body is too large"
-            } else if details.contains("header") && status == 431 || status == 431 {
+            } else if status == 431 || details.contains("headers_too_large") {
                 "The request headers are too large"
             } else if details.contains("reset") || details.contains("connection_failure") {
                 "The connection to the FHIR server failed"
@@ -359,6 +380,17 @@ mod tests {
     }
 
     #[test]
+    fn json_starts_with_the_resource_type_and_escapes_text() {
+        let mut o = OperationOutcome::single(IssueSeverity::Error, IssueType::Invalid, "a \"quoted\"\nline");
+        o.issues[0].expression = Some("Bundle.entry[0]".into());
+        let text = o.to_json();
+        assert!(text.starts_with("{\"resourceType\":\"OperationOutcome\""), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["issue"][0]["diagnostics"], "a \"quoted\"\nline");
+        assert_eq!(v["issue"][0]["expression"][0], "Bundle.entry[0]");
+    }
+
+    #[test]
     fn request_ids_that_are_not_fhir_ids_stay_in_diagnostics_only() {
         let o = OperationOutcome::single(IssueSeverity::Error, IssueType::Login, "x")
             .with_request_id(Some("a/b\n<c>"));
@@ -386,7 +418,11 @@ mod tests {
             (None, None, Format::Json),
             (Some("application/fhir+xml"), None, Format::Xml),
             (Some("application/xml;q=0.9"), None, Format::Xml),
-            (Some("application/fhir+xml, application/fhir+json"), None, Format::Json),
+            (
+                Some("application/fhir+xml, application/fhir+json"),
+                None,
+                Format::Json,
+            ),
             (Some("*/*"), None, Format::Json),
             (Some("application/fhir+json"), Some("xml"), Format::Xml),
             (Some("application/fhir+xml"), Some("json"), Format::Json),
@@ -413,22 +449,66 @@ mod tests {
             (302, Some("via_upstream"), None, false),
         ];
         for (status, details, ct, want) in cases {
-            assert_eq!(needs_rewrite(status, error_source(details), ct), want, "{status} {details:?} {ct:?}");
+            assert_eq!(
+                needs_rewrite(status, error_source(details), ct),
+                want,
+                "{status} {details:?} {ct:?}"
+            );
         }
     }
 
     #[test]
     fn maps_statuses_to_issue_types() {
         let cases = [
-            (503, "no_healthy_upstream", IssueType::Transient, "no healthy upstream"),
-            (504, "upstream_response_timeout", IssueType::Timeout, "did not answer in time"),
+            (
+                503,
+                "no_healthy_upstream",
+                IssueType::Transient,
+                "no healthy upstream",
+            ),
+            (
+                504,
+                "upstream_response_timeout",
+                IssueType::Timeout,
+                "did not answer in time",
+            ),
             (404, "route_not_found", IssueType::NotFound, "No route"),
-            (429, "request_rate_limited", IssueType::Throttled, "Too many requests"),
-            (403, "rbac_access_denied_matched_policy[none]", IssueType::Forbidden, "by policy"),
-            (403, "ext_authz_denied", IssueType::Forbidden, "external authorization"),
-            (413, "request_payload_too_large", IssueType::TooLong, "body is too large"),
-            (431, "http1.headers_too_large", IssueType::TooLong, "headers are too large"),
-            (503, "upstream_reset_before_response_started{connection_failure}", IssueType::Transient, "connection"),
+            (
+                429,
+                "request_rate_limited",
+                IssueType::Throttled,
+                "Too many requests",
+            ),
+            (
+                403,
+                "rbac_access_denied_matched_policy[none]",
+                IssueType::Forbidden,
+                "by policy",
+            ),
+            (
+                403,
+                "ext_authz_denied",
+                IssueType::Forbidden,
+                "external authorization",
+            ),
+            (
+                413,
+                "request_payload_too_large",
+                IssueType::TooLong,
+                "body is too large",
+            ),
+            (
+                431,
+                "http1.headers_too_large",
+                IssueType::TooLong,
+                "headers are too large",
+            ),
+            (
+                503,
+                "upstream_reset_before_response_started{connection_failure}",
+                IssueType::Transient,
+                "connection",
+            ),
         ];
         for (status, details, code, text) in cases {
             let (c, t) = issue_for_status(status, Some(details), ErrorSource::LocalReply);

@@ -3,7 +3,7 @@
 //!
 //! Servers listen on 127.0.0.1 on a port chosen at run time and stop when dropped.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,10 +21,17 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -38,7 +45,11 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Self {
-        Response { status, headers: Vec::new(), body: Vec::new() }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
     pub fn json(status: u16, body: impl Into<String>) -> Self {
         Response {
@@ -59,7 +70,10 @@ impl Response {
         self
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -83,7 +97,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Server::start_on(0, handler)
+    }
+
+    /// On a given port (0: any free one).
+    pub fn start_on(port: u16, handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -99,7 +118,13 @@ impl Server {
                 std::thread::spawn(move || serve_connection(conn, r, h, s));
             }
         });
-        Server { addr, stop, requests, handler, thread: Some(thread) }
+        Server {
+            addr,
+            stop,
+            requests,
+            handler,
+            thread: Some(thread),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -145,7 +170,9 @@ fn serve_connection(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(req) = read_request(&mut reader) else { return };
+        let Some(req) = read_request(&mut reader) else {
+            return;
+        };
         requests.lock().unwrap().push(req.clone());
         let h = handler.lock().unwrap().clone();
         let resp = h(&req);
@@ -182,7 +209,11 @@ fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>
     Some((first.trim_end().to_string(), headers))
 }
 
-fn read_body(reader: &mut impl BufRead, headers: &[(String, String)], allow_eof_body: bool) -> Option<Vec<u8>> {
+fn read_body(
+    reader: &mut impl BufRead,
+    headers: &[(String, String)],
+    allow_eof_body: bool,
+) -> Option<Vec<u8>> {
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         let mut body = Vec::new();
@@ -220,7 +251,12 @@ fn read_request(reader: &mut impl BufRead) -> Option<Request> {
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
     let body = read_body(reader, &headers, false)?;
-    Some(Request { method, path, headers, body })
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 fn write_response(w: &mut impl Write, r: &Response) -> std::io::Result<()> {
@@ -238,7 +274,8 @@ fn write_response(w: &mut impl Write, r: &Response) -> std::io::Result<()> {
 /// given (repeats and odd cases included), so tests can send what a client would not.
 pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to Envoy");
-    conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -251,13 +288,21 @@ pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     conn.write_all(body).expect("write body");
     let mut reader = BufReader::new(conn);
     let (first, headers) = read_head(&mut reader).expect("a response head");
-    let status: u16 = first.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let status: u16 = first
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
     let body = if method == "HEAD" || status == 204 || status == 304 {
         Vec::new()
     } else {
         read_body(&mut reader, &headers, true).unwrap_or_default()
     };
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// `GET` with headers.
@@ -275,5 +320,18 @@ pub fn try_get(port: u16, path: &str) -> Option<Response> {
     let (first, headers) = read_head(&mut reader)?;
     let status: u16 = first.split(' ').nth(1)?.parse().ok()?;
     let body = read_body(&mut reader, &headers, true)?;
-    Some(Response { status, headers, body })
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A port that was free a moment ago (for a server that starts later, e.g. an identity provider
+/// that is down when Envoy starts).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -30,6 +30,7 @@ mod vm;
 
 pub mod http1;
 pub mod real_envoy;
+pub mod stack;
 
 use std::fmt;
 

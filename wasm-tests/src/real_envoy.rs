@@ -15,7 +15,10 @@ pub const IDP_PLACEHOLDER: u16 = 18082;
 
 /// The repository root (parent of `wasm-tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else `.venv/bin/envoy`. Missing Envoy fails the test (never
@@ -24,7 +27,11 @@ pub fn envoy_bin() -> PathBuf {
     let p = std::env::var_os("ENVOY_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
-    assert!(p.exists(), "Envoy not found at {}: run `make envoy` (or set ENVOY_BIN)", p.display());
+    assert!(
+        p.exists(),
+        "Envoy not found at {}: run `make envoy` (or set ENVOY_BIN)",
+        p.display()
+    );
     p
 }
 
@@ -33,7 +40,11 @@ pub fn wasm_path() -> PathBuf {
     let p = std::env::var_os("SMART_FHIR_EDGE_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/smart_fhir_edge.wasm"));
-    assert!(p.exists(), "the filter is not built at {}: run `make build` first", p.display());
+    assert!(
+        p.exists(),
+        "the filter is not built at {}: run `make build` first",
+        p.display()
+    );
     p
 }
 
@@ -97,10 +108,22 @@ impl Envoy {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let yaml = yaml
-            .replace(&format!("port_value: {UPSTREAM_PLACEHOLDER}"), &format!("port_value: {upstream_port}"))
-            .replace(&format!("port_value: {IDP_PLACEHOLDER}"), &format!("port_value: {idp_port}"))
-            .replace(&format!("127.0.0.1:{IDP_PLACEHOLDER}"), &format!("127.0.0.1:{idp_port}"))
-            .replace(&format!("127.0.0.1:{UPSTREAM_PLACEHOLDER}"), &format!("127.0.0.1:{upstream_port}"))
+            .replace(
+                &format!("port_value: {UPSTREAM_PLACEHOLDER}"),
+                &format!("port_value: {upstream_port}"),
+            )
+            .replace(
+                &format!("port_value: {IDP_PLACEHOLDER}"),
+                &format!("port_value: {idp_port}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{IDP_PLACEHOLDER}"),
+                &format!("127.0.0.1:{idp_port}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{UPSTREAM_PLACEHOLDER}"),
+                &format!("127.0.0.1:{upstream_port}"),
+            )
             .replace(
                 "filename: target/wasm32-wasip1/release/smart_fhir_edge.wasm",
                 &format!("filename: {}", wasm_path().display()),
@@ -115,7 +138,13 @@ impl Envoy {
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
             .args(["--component-log-level", "wasm:debug"])
             .current_dir(repo_root())
             .stdin(Stdio::null())
@@ -123,18 +152,30 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .expect("spawn envoy");
-        let mut envoy = Envoy { child, dir, port: 0, admin_port: 0 };
+        let mut envoy = Envoy {
+            child,
+            dir,
+            port: 0,
+            admin_port: 0,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(_)) = envoy.child.try_wait() {
                 return Err(StartError { log: envoy.log() });
             }
             if Instant::now() > deadline {
-                return Err(StartError { log: format!("timed out starting Envoy\n{}", envoy.log()) });
+                return Err(StartError {
+                    log: format!("timed out starting Envoy\n{}", envoy.log()),
+                });
             }
             if envoy.admin_port == 0 {
                 if let Ok(a) = std::fs::read_to_string(&admin_path) {
-                    envoy.admin_port = a.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    envoy.admin_port = a
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
                 }
             }
             if envoy.admin_port != 0 {
@@ -154,9 +195,15 @@ impl Envoy {
     pub fn listener_port(&self, name: &str) -> Option<u16> {
         let r = http1::try_get(self.admin_port, "/listeners?format=json")?;
         let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-        v["listener_statuses"].as_array()?.iter().find(|l| l["name"] == name).and_then(|l| {
-            l["local_address"]["socket_address"]["port_value"].as_u64().map(|p| p as u16)
-        })
+        v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)
+            .and_then(|l| {
+                l["local_address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .map(|p| p as u16)
+            })
     }
 
     /// Envoy's log so far.
@@ -166,7 +213,11 @@ impl Envoy {
 
     /// The filter's own log lines (wasm log lines).
     pub fn filter_log(&self) -> Vec<String> {
-        self.log().lines().filter(|l| l.contains("wasm log")).map(str::to_string).collect()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("wasm log"))
+            .map(str::to_string)
+            .collect()
     }
 
     /// A stat's value from `/stats?format=json`, `None` when absent.
@@ -178,7 +229,9 @@ impl Envoy {
 
     /// `/stats/prometheus` text.
     pub fn prometheus(&self) -> String {
-        http1::try_get(self.admin_port, "/stats/prometheus").map(|r| r.body_str()).unwrap_or_default()
+        http1::try_get(self.admin_port, "/stats/prometheus")
+            .map(|r| r.body_str())
+            .unwrap_or_default()
     }
 
     /// Waits until `cond` holds, up to `timeout`.

@@ -20,7 +20,10 @@ fn stamps_every_response_with_its_version() {
 #[test]
 fn refuses_invalid_configuration_naming_the_field() {
     let cases = [
-        (serde_json::json!({"fhir_base": "/fhir", "providers": []}), "providers"),
+        (
+            serde_json::json!({"fhir_base": "/fhir", "providers": []}),
+            "providers",
+        ),
         (
             serde_json::json!({"providers": [{"issuer": "https://idp", "audiences": ["a"],
                 "remote_jwks": {"uri": "https://idp/jwks", "cluster": "idp", "timeout_ms": 0}}]}),

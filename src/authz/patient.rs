@@ -1,0 +1,437 @@
+//! Patient-level grants: confining a request to the patient in context (R4 Patient compartment).
+//!
+//! * The token's patient (`VerifiedClaims::patient`) must be a FHIR id, else the request is refused
+//!   as patient context missing.
+//! * `Patient/{id}` read, vread, history, update, patch, delete and `Patient/{id}/$everything` must
+//!   name that patient; so must a compartment search `Patient/{id}/{type}`.
+//! * A search on a compartment type must carry one of the type's compartment parameters (plus
+//!   `patient` where R4 defines it as the subject-is-a-Patient parameter) whose every value is that
+//!   patient, as [`parse_reference`] reads it: `123`, `Patient/123`,
+//!   `http(s)://{any base}/Patient/123`, or `123` with the `:Patient` modifier. A version-specific
+//!   form (`Patient/123/_history/2`) names the same patient and counts as naming it (the version is
+//!   dropped): whatever the server makes of the version, it can only match references to that
+//!   patient. The base of an absolute URL is not compared with this server's (the edge does not
+//!   know its public base): `Patient/123` on any base is taken to name the patient in context, and
+//!   `Patient/456` on any base another one. A search on `Patient` must carry `_id=123`. Other types
+//!   (`Group/5`, `subject:Group=5`), other modifiers and unrecognised values (`urn:`, other schemes,
+//!   non-R4 types) never confine. Any value naming another patient (including a bare id other than
+//!   the patient's) and `:missing` on these parameters are refused outright, even where repeated
+//!   parameters AND to nothing. Without a confining parameter, a search is confined by appending
+//!   `<first compartment param>=Patient/<id>` (`_id=<id>` for `Patient`) or refused, per
+//!   `unconstrained_search`; a conditional delete is refused.
+//! * Reads by id, history and writes on compartment types other than `Patient` cannot be judged from
+//!   the URL and are refused; so are create and conditional update/patch (write bodies), type
+//!   history of compartment types, system-level interactions, and non-Patient compartment searches
+//!   over every type.
+//! * Types outside the compartment (Practitioner, Organization, Medication, Location, ...) are
+//!   governed by scope alone for reads, searches and deletes by id.
+
+use super::{check_query, not_enforceable, Authorized, Forbidden, ForbiddenKind, Refusal};
+use crate::claims::VerifiedClaims;
+use crate::config::{Config, UnconstrainedSearch};
+use crate::fhir::compartment::patient_compartment_params;
+use crate::fhir::query::{is_fhir_id, parse_reference};
+use crate::fhir::resource_types::is_resource_type;
+use crate::fhir::{FhirRequest, Interaction, OperationTarget, Query};
+use crate::scope::{Context, GrantedScopes};
+
+const ANOTHER_PATIENT: ForbiddenKind =
+    ForbiddenKind::OutsidePatientCompartment("the request names another patient");
+const NOT_CONFINED: ForbiddenKind =
+    ForbiddenKind::OutsidePatientCompartment("the search is not limited to the patient in context");
+const MISSING_MODIFIER: ForbiddenKind =
+    ForbiddenKind::OutsidePatientCompartment(":missing on a patient compartment parameter");
+const WRITE_BODY: &str = "a write body under patient-level scopes";
+const BY_ID: &str = "a request by id on a patient-compartment type (the resource decides membership)";
+
+/// Authorizes a non-operation request a patient-level grant covers (plain, or granular when
+/// `granular`).
+pub(super) fn authorize(
+    req: &FhirRequest,
+    claims: &VerifiedClaims,
+    granted: &GrantedScopes,
+    config: &Config,
+    granular: bool,
+) -> Result<Authorized, Forbidden> {
+    let kind = req.interaction.kind();
+    decide(req, claims, granted, config).map_or_else(
+        |r| Err(super::forbid(r, kind)),
+        |append_query| {
+            Ok(Authorized {
+                context: Some(Context::Patient),
+                granular,
+                patient_scoped: true,
+                append_query,
+            })
+        },
+    )
+}
+
+fn decide(
+    req: &FhirRequest,
+    claims: &VerifiedClaims,
+    granted: &GrantedScopes,
+    config: &Config,
+) -> Result<Option<(String, String)>, Refusal> {
+    let pid = patient_id(claims)?;
+    check_query(req, Context::Patient, granted, true)?;
+    let on_unconfined = match config.unconstrained_search {
+        UnconstrainedSearch::Constrain => Unconfined::Append,
+        UnconstrainedSearch::Refuse => Unconfined::Refuse,
+    };
+    match &req.interaction {
+        Interaction::Read { resource_type, id }
+        | Interaction::Vread {
+            resource_type, id, ..
+        }
+        | Interaction::HistoryInstance { resource_type, id }
+        | Interaction::Update { resource_type, id }
+        | Interaction::Patch { resource_type, id }
+        | Interaction::Delete { resource_type, id } => {
+            let writes = matches!(
+                req.interaction,
+                Interaction::Update { .. } | Interaction::Patch { .. }
+            );
+            if resource_type == "Patient" {
+                same_patient(id, pid).map(|()| None)
+            } else if writes {
+                Err(not_enforceable(WRITE_BODY))
+            } else if is_compartment_type(resource_type) {
+                Err(not_enforceable(BY_ID))
+            } else {
+                Ok(None)
+            }
+        }
+        Interaction::Create { resource_type } if resource_type == "Patient" => {
+            Err(ForbiddenKind::OutsidePatientCompartment("creating a Patient creates another patient").into())
+        }
+        Interaction::Create { .. }
+        | Interaction::ConditionalUpdate { .. }
+        | Interaction::ConditionalPatch { .. } => Err(not_enforceable(WRITE_BODY)),
+        Interaction::ConditionalDelete { resource_type } => {
+            if is_compartment_type(resource_type) {
+                confine(resource_type, &req.query, pid, Unconfined::Refuse)
+            } else {
+                Ok(None)
+            }
+        }
+        Interaction::SearchType { resource_type, .. } => {
+            if is_compartment_type(resource_type) {
+                confine(resource_type, &req.query, pid, on_unconfined)
+            } else {
+                Ok(None)
+            }
+        }
+        Interaction::SearchCompartment {
+            compartment,
+            id,
+            resource_type,
+            ..
+        } => {
+            if compartment == "Patient" {
+                return same_patient(id, pid).map(|()| None);
+            }
+            // A search in another compartment is the type search narrowed further: the same rules.
+            match resource_type {
+                None => Err(not_enforceable(
+                    "searches over every type of a non-Patient compartment",
+                )),
+                Some(t) if is_compartment_type(t) => confine(t, &req.query, pid, on_unconfined),
+                Some(_) => Ok(None),
+            }
+        }
+        Interaction::HistoryType { resource_type } => {
+            if is_compartment_type(resource_type) {
+                Err(not_enforceable("type-level history of patient-compartment types"))
+            } else {
+                Ok(None)
+            }
+        }
+        Interaction::HistorySystem | Interaction::SearchSystem { .. } => Err(not_enforceable(
+            "system-level interactions under patient-level scopes",
+        )),
+        Interaction::Capabilities | Interaction::BatchOrTransaction | Interaction::Operation { .. } => {
+            Err(not_enforceable("this interaction under patient-level scopes"))
+        }
+    }
+}
+
+/// Authorizes an allowed operation a patient-level grant covers.
+pub(super) fn authorize_operation(
+    req: &FhirRequest,
+    target: &OperationTarget,
+    claims: &VerifiedClaims,
+    granted: &GrantedScopes,
+) -> Result<Authorized, Forbidden> {
+    match decide_operation(req, target, claims, granted) {
+        Ok(()) => Ok(Authorized::by(Context::Patient)),
+        Err(r) => Err(super::forbid(r, req.interaction.kind())),
+    }
+}
+
+fn decide_operation(
+    req: &FhirRequest,
+    target: &OperationTarget,
+    claims: &VerifiedClaims,
+    granted: &GrantedScopes,
+) -> Result<(), Refusal> {
+    let pid = patient_id(claims)?;
+    check_query(req, Context::Patient, granted, true)?;
+    match target {
+        OperationTarget::System => Err(not_enforceable(
+            "system-level operations under patient-level scopes",
+        )),
+        OperationTarget::Type { resource_type } if is_compartment_type(resource_type) => Err(
+            not_enforceable("type-level operations on patient-compartment types"),
+        ),
+        OperationTarget::Instance { resource_type, id } if resource_type == "Patient" => {
+            same_patient(id, pid)
+        }
+        OperationTarget::Instance { resource_type, .. } if is_compartment_type(resource_type) => {
+            Err(not_enforceable(BY_ID))
+        }
+        OperationTarget::Type { .. } | OperationTarget::Instance { .. } => Ok(()),
+    }
+}
+
+/// The patient in context, when it is a FHIR id.
+fn patient_id(claims: &VerifiedClaims) -> Result<&str, Refusal> {
+    match claims.patient.as_deref() {
+        Some(p) if is_fhir_id(p) => Ok(p),
+        _ => Err(ForbiddenKind::PatientContextMissing.into()),
+    }
+}
+
+fn same_patient(id: &str, pid: &str) -> Result<(), Refusal> {
+    if id == pid {
+        Ok(())
+    } else {
+        Err(ANOTHER_PATIENT.into())
+    }
+}
+
+/// What to do with a compartment-type search that carries no confining parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unconfined {
+    Append,
+    Refuse,
+}
+
+/// Checks that a search on compartment type `rt` stays with patient `pid`; returns the parameter to
+/// append when it must be confined.
+fn confine(
+    rt: &str,
+    query: &Query,
+    pid: &str,
+    on_unconfined: Unconfined,
+) -> Result<Option<(String, String)>, Refusal> {
+    let is_patient_type = rt == "Patient";
+    let params = patient_compartment_params(rt).unwrap_or(&[]);
+    let is_reference_param =
+        |name: &str| params.contains(&name) || (name == "patient" && has_clinical_patient_param(rt));
+    let mut confined = false;
+    for p in &query.params {
+        let is_id = is_patient_type && p.name == "_id";
+        // On `Patient`, `link` is a compartment parameter too: checked for other patients, but it
+        // never confines (it finds the patients linked to one).
+        if !is_id && !is_reference_param(&p.name) {
+            continue;
+        }
+        if p.chain.is_some() {
+            return Err(not_enforceable("chained search parameters"));
+        }
+        let type_modifier = match p.modifier.as_deref() {
+            None => None,
+            Some("missing") => return Err(MISSING_MODIFIER.into()),
+            Some(m) if !is_id && is_resource_type(m) => Some(m),
+            // `:identifier`, `:not`, `:above`, ...: never confining; repeated parameters AND.
+            Some(_) => continue,
+        };
+        let mut all_this_patient = !p.values.is_empty();
+        for v in &p.values {
+            let named = if is_id {
+                if v == pid {
+                    Named::InContext
+                } else {
+                    Named::OtherPatient
+                }
+            } else {
+                classify_reference(v, type_modifier, pid)
+            };
+            match named {
+                Named::InContext => {}
+                Named::OtherPatient => return Err(ANOTHER_PATIENT.into()),
+                Named::NotAPatient => all_this_patient = false,
+            }
+        }
+        if all_this_patient && (is_id || !is_patient_type) {
+            confined = true;
+        }
+    }
+    if confined {
+        return Ok(None);
+    }
+    match on_unconfined {
+        Unconfined::Refuse => Err(NOT_CONFINED.into()),
+        Unconfined::Append if is_patient_type => Ok(Some(("_id".to_string(), pid.to_string()))),
+        Unconfined::Append => match params.first() {
+            Some(first) => Ok(Some((first.to_string(), format!("Patient/{pid}")))),
+            None => Err(NOT_CONFINED.into()),
+        },
+    }
+}
+
+/// Which patient a reference search value names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    InContext,
+    /// A Patient other than the one in context, or a bare id other than it (which may be one).
+    OtherPatient,
+    /// Another resource type, or a value this module does not recognise: never confining.
+    NotAPatient,
+}
+
+/// Which patient `value` names; the base of an absolute reference is not looked at (module doc).
+fn classify_reference(value: &str, type_modifier: Option<&str>, pid: &str) -> Named {
+    let Some(r) = parse_reference(value) else {
+        return Named::NotAPatient;
+    };
+    let resource_type = match (type_modifier, r.resource_type.as_deref()) {
+        (None, t) => t,
+        (Some(m), None) => Some(m),
+        (Some(m), Some(t)) if m == t => Some(t),
+        (Some(_), Some(_)) => return Named::NotAPatient,
+    };
+    match resource_type {
+        None | Some("Patient") if r.id == pid => Named::InContext,
+        None | Some("Patient") => Named::OtherPatient,
+        Some(_) => Named::NotAPatient,
+    }
+}
+
+/// Whether `rt` is in the R4 Patient compartment (including `Patient` itself).
+pub(super) fn is_compartment_type(rt: &str) -> bool {
+    patient_compartment_params(rt).is_some()
+}
+
+/// Whether R4 defines `patient` on `rt` as the `clinical-patient` parameter (subject restricted to
+/// Patient) while the compartment table lists only `subject` for it.
+fn has_clinical_patient_param(rt: &str) -> bool {
+    CLINICAL_PATIENT_BASES.binary_search(&rt).is_ok()
+}
+
+/// Bases of the R4 `clinical-patient` search parameter (`patient`), sorted.
+const CLINICAL_PATIENT_BASES: &[&str] = &[
+    "AllergyIntolerance",
+    "CarePlan",
+    "CareTeam",
+    "ClinicalImpression",
+    "Composition",
+    "Condition",
+    "Consent",
+    "DetectedIssue",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "EpisodeOfCare",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "ImagingStudy",
+    "Immunization",
+    "List",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "NutritionOrder",
+    "Observation",
+    "Procedure",
+    "RiskAssessment",
+    "ServiceRequest",
+    "SupplyDelivery",
+    "VisionPrescription",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compartment_membership_follows_the_r4_patient_compartment() {
+        let cases = [
+            ("Patient", true),
+            ("Observation", true),
+            ("Encounter", true),
+            ("Group", true),
+            ("Practitioner", false),
+            ("Organization", false),
+            ("Medication", false),
+            ("Location", false),
+            ("ValueSet", false),
+            ("observation", false),
+        ];
+        for (rt, member) in cases {
+            assert_eq!(is_compartment_type(rt), member, "{rt}");
+        }
+    }
+
+    #[test]
+    fn clinical_patient_bases_are_sorted_compartment_types() {
+        assert!(CLINICAL_PATIENT_BASES.windows(2).all(|w| w[0] < w[1]));
+        assert!(CLINICAL_PATIENT_BASES.iter().all(|t| is_compartment_type(t)));
+    }
+
+    #[test]
+    fn classifies_which_patient_a_value_names() {
+        let cases: &[(&str, Option<&str>, Named)] = &[
+            ("123", None, Named::InContext),
+            ("Patient/123", None, Named::InContext),
+            ("https://x/fhir/Patient/123", None, Named::InContext),
+            ("123", Some("Patient"), Named::InContext),
+            ("Patient/123", Some("Patient"), Named::InContext),
+            ("456", None, Named::OtherPatient),
+            ("Patient/456", None, Named::OtherPatient),
+            ("456", Some("Patient"), Named::OtherPatient),
+            ("Group/123", None, Named::NotAPatient),
+            ("123", Some("Group"), Named::NotAPatient),
+            ("Patient/123", Some("Group"), Named::NotAPatient),
+            // A version-specific reference names the same patient (the version is dropped).
+            ("Patient/123/_history/1", None, Named::InContext),
+            ("Patient/456/_history/1", None, Named::OtherPatient),
+            ("https://x/fhir/Patient/123/_history/1", None, Named::InContext),
+            // Any base counts: the edge does not know the server's public base.
+            ("http://elsewhere.example/Patient/123", None, Named::InContext),
+            (
+                "https://elsewhere.example/r4/Patient/456",
+                None,
+                Named::OtherPatient,
+            ),
+            ("https://x/fhir/Patient/123", Some("Patient"), Named::InContext),
+            ("https://x/fhir/Group/123", None, Named::NotAPatient),
+            // Not a reference this module reads: never confining, never refused as another patient.
+            ("ftp://x/fhir/Patient/123", None, Named::NotAPatient),
+            (
+                "urn:uuid:6c3b8a2e-6d5f-4b8e-9a7c-0f1e2d3c4b5a",
+                None,
+                Named::NotAPatient,
+            ),
+            ("fhir/Patient/456", None, Named::NotAPatient),
+            ("patient/456", None, Named::NotAPatient),
+            ("Foo/456", None, Named::NotAPatient),
+            ("https://x/fhir/Patient/456?y=1", None, Named::NotAPatient),
+            ("Patient/4 56", None, Named::NotAPatient),
+            ("", None, Named::NotAPatient),
+        ];
+        for (value, modifier, expected) in cases {
+            assert_eq!(
+                classify_reference(value, *modifier, "123"),
+                *expected,
+                "{value} {modifier:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The request decision: from the facts of one request to a [`Decision`] value.
+//!
+//! [`Engine`] owns everything a VM decides with: the validated configuration, the providers' key
+//! sets ([`KeyManager`]) and the verified-token cache. It is built once per configuration; the
+//! per-request path only reads it (and the cache). The adapter hands it request facts, the time,
+//! the shared data and a signature verifier, and acts on the answer. The order of checks:
+//!
+//! 1. method and method-override headers;
+//! 2. public paths (GET/HEAD only) and the filter's own `.well-known/smart-configuration`;
+//! 3. the bearer token (RFC 6750), verified against its issuer's keys;
+//! 4. FHIR classification of method + path + query;
+//! 5. SMART authorization (scopes, patient context);
+//! 6. on allow, the verified facts forwarded as `x-smart-*` headers (inbound ones are always removed).
+
+use std::rc::Rc;
+
+use crate::authz;
+use crate::claims::VerifiedClaims;
+use crate::config::{Config, ConfigError};
+use crate::denial::{Denial, RequestReason, TokenReason};
+use crate::fhir::{self, ClassifyError, Interaction};
+use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
+use crate::jwks::KeySet;
+use crate::scope::GrantedScopes;
+use crate::token::{self, KeyLookup, SignatureVerifier, TokenError};
+use crate::token_cache::{CachedToken, TokenCache};
+
+/// Prefix of the headers this filter forwards; inbound ones are removed from every request.
+pub const FORWARDED_PREFIX: &str = "x-smart-";
+
+/// Headers that ask an upstream to treat a request as another method.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] =
+    &["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// True for request headers the filter owns: they are removed before anything else.
+pub fn is_forwarded_header(name: &str) -> bool {
+    name.len() >= FORWARDED_PREFIX.len()
+        && name
+            .get(..FORWARDED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(FORWARDED_PREFIX))
+}
+
+/// The facts of a request the decision needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, with its query.
+    pub path: &'a str,
+    /// Every request header, names lowercase (as Envoy gives them).
+    pub headers: &'a [(String, String)],
+}
+
+impl<'a> RequestFacts<'a> {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the decision learned about the request, for the audit record and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// [`Interaction::kind`], when the request was classified.
+    pub interaction: Option<&'static str>,
+    pub resource_type: Option<String>,
+    /// The resource id, for instance-level interactions.
+    pub resource_id: Option<String>,
+    /// Names of the search parameters (never their values).
+    pub search_params: Vec<String>,
+    /// Short SHA-256 prefix of the token (never the token).
+    pub token_hash: Option<String>,
+    /// The verified claims, when the token verified.
+    pub claims: Option<Rc<VerifiedClaims>>,
+    /// Scope context that allowed the request (`patient`, `user`, `system`).
+    pub allowed_by: Option<&'static str>,
+    /// Whether the verified-token cache answered.
+    pub cache_hit: bool,
+    /// The request was public (no token needed).
+    pub public: bool,
+}
+
+/// A request allowed: what to change before forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Headers to set (the verified facts).
+    pub set_headers: Vec<(&'static str, String)>,
+    /// A new `:path` (a patient constraint appended), when the query changes.
+    pub new_path: Option<String>,
+    pub facts: Facts,
+}
+
+/// A local answer the filter owns (not an error): the SMART configuration document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denial, Box<Facts>),
+    Respond(LocalResponse),
+    /// The keys for `provider` are being fetched: pause the request and decide again (with
+    /// `may_wait` false) when the provider's key generation moves past `generation`, when no fetch
+    /// is pending any more, or at `deadline_ms`.
+    AwaitKeys {
+        provider: usize,
+        generation: u64,
+        deadline_ms: u64,
+    },
+}
+
+/// Everything a VM decides with.
+pub struct Engine {
+    config: Rc<Config>,
+    keys: KeyManager<KeySet>,
+    cache: TokenCache,
+}
+
+impl KeyLookup for KeyManager<KeySet> {
+    fn key_set(&self, provider: usize, _issuer: &str) -> Option<&KeySet> {
+        self.key_set_ref(provider)
+    }
+}
+
+fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
+    KeySet::from_jwks(bytes).map_err(|e| e.to_string())
+}
+
+impl Engine {
+    /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
+    pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
+        let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
+        Ok(Engine {
+            config: Rc::new(config),
+            keys,
+            cache: TokenCache::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Rc<Config> {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &KeyManager<KeySet> {
+        &self.keys
+    }
+
+    pub fn keys_mut(&mut self) -> &mut KeyManager<KeySet> {
+        &mut self.keys
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Decides one request. `may_wait` is false when deciding again after a wait: the request is
+    /// then answered, never paused again.
+    pub fn decide(
+        &mut self,
+        req: &RequestFacts<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+        verifier: &dyn SignatureVerifier,
+        may_wait: bool,
+    ) -> Decision {
+        let mut facts = Facts::default();
+        let config = self.config.clone();
+        let deny = |d: Denial, f: Facts| Decision::Deny(d, Box::new(f));
+
+        // 1. Method, and method overrides (never forwarded unchecked).
+        let Some(method) = fhir::Method::parse(req.method) else {
+            return deny(
+                Denial::BadRequest(
+                    RequestReason::MethodNotAllowed,
+                    "This method is not used by the FHIR API",
+                ),
+                facts,
+            );
+        };
+        for name in METHOD_OVERRIDE_HEADERS {
+            for (n, v) in req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                let _ = n;
+                if !v.trim().eq_ignore_ascii_case(method.as_str()) {
+                    return deny(
+                        Denial::BadRequest(
+                            RequestReason::MethodOverride,
+                            "Method override headers are not accepted; send the method itself",
+                        ),
+                        facts,
+                    );
+                }
+            }
+        }
+
+        // 2. Public paths and the filter's own SMART configuration.
+        let (path, query) = match req.path.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (req.path, ""),
+        };
+        if matches!(method, fhir::Method::Get | fhir::Method::Head) {
+            let well_known = format!("{}/.well-known/smart-configuration", config.fhir_base);
+            if path == well_known {
+                if let Some(doc) = &config.smart_configuration {
+                    return Decision::Respond(LocalResponse {
+                        status: 200,
+                        content_type: "application/json",
+                        body: doc.to_string(),
+                    });
+                }
+            }
+            if config.public_paths.iter().any(|p| p == path) {
+                facts.public = true;
+                return Decision::Allow(Allowed {
+                    set_headers: Vec::new(),
+                    new_path: None,
+                    facts,
+                });
+            }
+        }
+
+        // 3. The bearer token.
+        let token = match token::bearer_token(req.headers, query, config.max_token_bytes) {
+            Ok(t) => t,
+            Err(e) => return deny(e.denial(), facts),
+        };
+        facts.token_hash = Some(token::token_fingerprint(token));
+        let now_s = now_ms / 1000;
+        let generation = self.keys.generations();
+        let cached = self.cache.get(token, now_s, generation);
+        let entry = match cached {
+            Some(entry) => {
+                facts.cache_hit = true;
+                entry
+            }
+            None => match token::verify(token, &config, &self.keys, now_s, verifier) {
+                Ok(claims) => {
+                    let granted = GrantedScopes::parse(&claims.scopes);
+                    let entry = Rc::new(CachedToken {
+                        claims: Rc::new(claims),
+                        granted,
+                    });
+                    self.cache.insert(token, entry.clone(), now_s, generation);
+                    entry
+                }
+                Err(TokenError::KeysNotLoaded { provider }) => {
+                    if may_wait && self.keys.fetch_pending(provider) {
+                        return Decision::AwaitKeys {
+                            provider,
+                            generation: self.keys.generation(provider),
+                            deadline_ms: now_ms.saturating_add(self.keys.wait_budget_ms(provider)),
+                        };
+                    }
+                    return deny(Denial::KeysUnavailable, facts);
+                }
+                Err(TokenError::UnknownKey { provider }) => {
+                    if may_wait && self.keys.request_refetch(provider, now_s, store) == Refetch::Scheduled {
+                        return Decision::AwaitKeys {
+                            provider,
+                            generation: self.keys.generation(provider),
+                            deadline_ms: now_ms.saturating_add(self.keys.wait_budget_ms(provider)),
+                        };
+                    }
+                    return deny(Denial::InvalidToken(TokenReason::UnknownKey), facts);
+                }
+                Err(e) => return deny(e.denial(), facts),
+            },
+        };
+        let claims = entry.claims.clone();
+        facts.claims = Some(claims.clone());
+
+        // 4. Which FHIR interaction.
+        let request = match fhir::classify(req.method, req.path, &config.fhir_base) {
+            Ok(r) => r,
+            Err(e) => return deny(classify_denial(&e), facts),
+        };
+        facts.interaction = Some(request.interaction.kind());
+        facts.resource_type = request.interaction.resource_type().map(str::to_string);
+        facts.resource_id = resource_id(&request.interaction);
+        facts.search_params = request.query.params.iter().map(|p| p.name.clone()).collect();
+
+        // 5. SMART authorization.
+        let conditional_create = matches!(request.interaction, Interaction::Create { .. })
+            && req.header("if-none-exist").is_some();
+        let authorized =
+            match authz::authorize(&request, conditional_create, &claims, &entry.granted, &config) {
+                Ok(a) => a,
+                Err(f) => return deny(f.to_denial(), facts),
+            };
+        facts.allowed_by = authorized.context.map(|c| c.as_str());
+
+        // 6. Forward the verified facts.
+        let mut set_headers = Vec::with_capacity(6);
+        if let Some(p) = &claims.patient {
+            set_headers.push(("x-smart-patient", p.clone()));
+        }
+        set_headers.push(("x-smart-scope", claims.scope_string()));
+        if let Some(c) = &claims.client_id {
+            set_headers.push(("x-smart-client-id", c.clone()));
+        }
+        if let Some(s) = &claims.subject {
+            set_headers.push(("x-smart-sub", s.clone()));
+        }
+        if let Some(u) = &claims.fhir_user {
+            set_headers.push(("x-smart-fhir-user", u.clone()));
+        }
+        if let Some(e) = &claims.encounter {
+            set_headers.push(("x-smart-encounter", e.clone()));
+        }
+        set_headers.retain(|(_, v)| is_header_value_safe(v));
+        // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
+        let new_path = authorized.append_query.as_ref().map(|(name, value)| {
+            let mut q = request.query.clone();
+            q.push(fhir::SearchParam::new(name, &[value.as_str()]));
+            format!("{path}?{}", q.to_query_string())
+        });
+        Decision::Allow(Allowed {
+            set_headers,
+            new_path,
+            facts,
+        })
+    }
+}
+
+/// Header values forwarded upstream must not carry control characters (header injection).
+fn is_header_value_safe(v: &str) -> bool {
+    !v.chars().any(|c| c.is_control())
+}
+
+fn resource_id(i: &Interaction) -> Option<String> {
+    match i {
+        Interaction::Read { id, .. }
+        | Interaction::Vread { id, .. }
+        | Interaction::Update { id, .. }
+        | Interaction::Patch { id, .. }
+        | Interaction::Delete { id, .. }
+        | Interaction::HistoryInstance { id, .. }
+        | Interaction::SearchCompartment { id, .. } => Some(id.clone()),
+        Interaction::Operation {
+            target: fhir::OperationTarget::Instance { id, .. },
+            ..
+        } => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// The denial for a request that could not be classified.
+pub fn classify_denial(e: &ClassifyError) -> Denial {
+    let b = Denial::BadRequest;
+    match e {
+        ClassifyError::OutsideBase => b(
+            RequestReason::OutsideBase,
+            "This path is not part of the FHIR API",
+        ),
+        ClassifyError::Malformed(what) => b(RequestReason::Malformed, what),
+        ClassifyError::TooLong => b(RequestReason::UriTooLong, "The request URI is too long"),
+        ClassifyError::UnknownResourceType => b(
+            RequestReason::UnknownResourceType,
+            "The path names no FHIR R4 resource type",
+        ),
+        ClassifyError::UnsupportedMethod => b(
+            RequestReason::MethodNotAllowed,
+            "This method is not allowed on this FHIR path",
+        ),
+        ClassifyError::UnsupportedPath(what) => b(RequestReason::UnsupportedPath, what),
+    }
+}
