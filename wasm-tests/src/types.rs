@@ -125,7 +125,7 @@ pub enum ResponseOrigin {
 }
 
 /// A response as the downstream client received it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Response {
     /// `:status`.
     pub status: u16,
@@ -139,6 +139,23 @@ pub struct Response {
     pub complete: bool,
     /// Who produced it.
     pub origin: ResponseOrigin,
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let body = match std::str::from_utf8(&self.body) {
+            Ok(text) => format!("{text:?}"),
+            Err(_) => format!("<{} bytes, not UTF-8>", self.body.len()),
+        };
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &format_args!("{body}"))
+            .field("trailers", &self.trailers)
+            .field("complete", &self.complete)
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 impl Response {
@@ -159,7 +176,7 @@ impl Response {
 }
 
 /// What the upstream received of the request so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UpstreamRequest {
     /// Headers as forwarded (after the filter's changes), once released.
     pub headers: Option<Headers>,
@@ -169,6 +186,17 @@ pub struct UpstreamRequest {
     pub trailers: Option<Headers>,
     /// Whether the whole request has been released.
     pub complete: bool,
+}
+
+impl fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("trailers", &self.trailers)
+            .field("complete", &self.complete)
+            .finish()
+    }
 }
 
 /// Where a stream stands after the last step, as Envoy's filter manager would see it.
