@@ -18,7 +18,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop bench clean-demo help
+.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop demo-status demo-install bench clean-demo help
 
 all: build
 
@@ -89,3 +89,13 @@ demo: build envoy
 
 demo-stop:
 	./envoy/demo/run.sh stop
+
+demo-status:
+	./envoy/demo/run.sh status
+
+# Node 22 and the demo's npm packages (the real-Envoy suite starts the demo's identity provider).
+demo-install:
+	./envoy/demo/run.sh install
+
+clean-demo: demo-stop
+	rm -rf .demo envoy/demo/node_modules
