@@ -18,7 +18,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop bench clean-demo help
+.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-install demo-stop bench clean-demo help
 
 all: build
 
@@ -65,9 +65,15 @@ test: build envoy
 test-unit:
 	cargo test -p smart-fhir-edge --lib
 
-# wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
-test-wasm test-envoy:
+# wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests. The real-Envoy
+# tests against the demo's OpenID Connect provider (envoy_oidc_provider.rs) need Node 22 and the
+# demo's npm packages: installed first (idempotent, a no-op once present).
+test-wasm test-envoy: demo-install
 	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests
+
+# Node 22 into .demo/node22 and `npm ci` of envoy/demo/package-lock.json into .demo/npm.
+demo-install:
+	./envoy/demo/run.sh install
 
 validate: build envoy
 	@set -e; for f in $$(find envoy -name '*.yaml' -not -path '*/istio/*' | sort); do \
