@@ -66,7 +66,7 @@ test-unit:
 	cargo test -p smart-fhir-edge --lib
 
 # wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
-test-wasm test-envoy:
+test-wasm test-envoy: demo-install
 	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests
 
 validate: build envoy

@@ -2,5 +2,6 @@
 //! (in progress on the harness branch), and fixtures for the real-Envoy suite.
 
 pub mod http1;
+pub mod node_idp;
 pub mod real_envoy;
 pub mod stack;
