@@ -288,11 +288,12 @@ fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError 
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
     {
-        field = if field == "(root)" {
-            key.to_string()
-        } else {
-            format!("{field}.{key}")
-        };
+        // serde_path_to_error's path may already end with the unknown key.
+        if field == "(root)" {
+            field = key.to_string();
+        } else if !(field == key || field.ends_with(&format!(".{key}"))) {
+            field = format!("{field}.{key}");
+        }
     }
     ConfigError::new(field, format!("not valid for this filter: {msg}"))
 }
@@ -661,7 +662,9 @@ mod tests {
             }),
             ("providers", |v| v["providers"] = serde_json::json!([])),
             ("surprise", |v| v["surprise"] = 1.into()),
-            ("shoe_size", |v| v["providers"][0]["shoe_size"] = 1.into()),
+            ("providers[0].shoe_size", |v| {
+                v["providers"][0]["shoe_size"] = 1.into()
+            }),
             ("providers[0].issuer", |v| {
                 v["providers"][0]["issuer"] = "idp".into()
             }),
@@ -717,8 +720,8 @@ mod tests {
             let mut v = minimal();
             edit(&mut v);
             let err = parse(&v).expect_err(field);
-            assert!(
-                err.field == *field || err.to_string().contains(field),
+            assert_eq!(
+                err.field, *field,
                 "expected an error naming `{field}`, got: {err}"
             );
         }
