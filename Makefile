@@ -58,16 +58,18 @@ $(ENVOY):
 
 # ---- tests -------------------------------------------------------------------------------------
 test: build envoy
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory validate
-	$(MAKE) --no-print-directory test-wasm
+	@mkdir -p target
+	@{ $(MAKE) --no-print-directory test-unit && \
+	   $(MAKE) --no-print-directory validate && \
+	   $(MAKE) --no-print-directory test-wasm; } 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 test-unit:
 	cargo test -p smart-fhir-edge --lib
 
 # wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
 test-wasm test-envoy: demo-install
-	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests
+	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests --lib --tests
 
 validate: build envoy
 	@set -e; for f in $$(find envoy -name '*.yaml' -not -path '*/istio/*' | sort); do \
