@@ -14,6 +14,7 @@ pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod fhir;
+pub mod introspection;
 pub mod jwks;
 pub mod outcome;
 pub mod scope;

@@ -29,6 +29,7 @@ pub mod types;
 mod vm;
 
 pub mod http1;
+pub mod node_idp;
 pub mod real_envoy;
 pub mod stack;
 
