@@ -161,6 +161,48 @@ pub struct Provider {
     pub algorithms: Vec<String>,
     /// Largest accepted `exp - iat`, when set.
     pub max_lifetime_s: Option<u64>,
+    /// RFC 7662 introspection, when configured.
+    pub introspection: Option<Introspection>,
+}
+
+/// When tokens are introspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionMode {
+    /// Tokens that are not JWTs are introspected (JWTs are verified locally).
+    Opaque,
+    /// Every token is introspected, JWTs too (after local verification), to honour revocation.
+    Always,
+    /// Never.
+    Off,
+}
+
+/// How the filter authenticates to the introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// RFC 6749 2.3.1 HTTP Basic with a client id and secret.
+    ClientSecretBasic {
+        client_id: String,
+        client_secret: String,
+    },
+    /// A bearer credential.
+    Bearer { token: String },
+}
+
+/// A provider's RFC 7662 introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub endpoint: HttpUri,
+    pub cluster: String,
+    pub timeout_ms: u64,
+    pub mode: IntrospectionMode,
+    pub client_auth: ClientAuth,
+    /// Longest time an active answer is trusted: the revocation delay.
+    pub max_cache_s: u64,
+    /// How long an inactive answer is remembered.
+    pub negative_cache_s: u64,
+    /// Bound on cached answers per VM.
+    pub max_entries: usize,
 }
 
 /// Where a provider's keys come from.
@@ -318,6 +360,30 @@ struct RawProvider {
     discovery: Option<RawDiscovery>,
     algorithms: Option<Vec<String>>,
     max_lifetime_s: Option<u64>,
+    introspection: Option<RawIntrospection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    endpoint: Option<String>,
+    cluster: Option<String>,
+    timeout_ms: Option<u64>,
+    mode: Option<IntrospectionMode>,
+    client_auth: Option<RawClientAuth>,
+    max_cache_s: Option<u64>,
+    negative_cache_s: Option<u64>,
+    max_entries: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    /// `client_secret_basic` or `bearer`.
+    method: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -382,13 +448,12 @@ fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError 
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
     {
-        field = if field == "(root)" {
-            key.to_string()
-        } else if field == key || field.ends_with(&format!(".{key}")) {
-            field
-        } else {
-            format!("{field}.{key}")
-        };
+        // serde_path_to_error's path may already end with the unknown key.
+        if field == "(root)" {
+            field = key.to_string();
+        } else if !(field == key || field.ends_with(&format!(".{key}"))) {
+            field = format!("{field}.{key}");
+        }
     }
     ConfigError::new(field, format!("not valid for this filter: {msg}"))
 }
@@ -454,6 +519,19 @@ impl RawConfig {
                 ));
             }
             providers.push(provider);
+        }
+
+        let introspecting: Vec<usize> = providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.introspection.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(second) = introspecting.get(1) {
+            return Err(ConfigError::new(
+                format!("providers[{second}].introspection"),
+                "only one provider may introspect: opaque tokens name no issuer to choose by",
+            ));
         }
 
         let clock_skew_s = self.clock_skew_s.unwrap_or(60);
@@ -743,13 +821,74 @@ impl RawProvider {
             ));
         }
 
+        let introspection = match self.introspection {
+            Some(i) => i.validate(&format!("{at}.introspection"))?,
+            None => None,
+        };
+
         Ok(Provider {
             issuer,
             audiences,
             keys,
             algorithms,
             max_lifetime_s: self.max_lifetime_s,
+            introspection,
         })
+    }
+}
+
+impl RawIntrospection {
+    /// `None` when the mode is `off`.
+    fn validate(self, at: &str) -> Result<Option<Introspection>, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let mode = required(self.mode, &f("mode"))?;
+        if mode == IntrospectionMode::Off {
+            return Ok(None);
+        }
+        let endpoint = required(self.endpoint, &f("endpoint"))?;
+        let endpoint = HttpUri::parse(&endpoint).map_err(|m| ConfigError::new(f("endpoint"), m))?;
+        let auth = required(self.client_auth, &f("client_auth"))?;
+        let non_empty = |v: Option<String>, k: &str| -> Result<String, ConfigError> {
+            match v {
+                Some(s) if !s.is_empty() && !s.chars().any(char::is_control) => Ok(s),
+                _ => Err(ConfigError::new(
+                    f(&format!("client_auth.{k}")),
+                    "is required and must not be empty",
+                )),
+            }
+        };
+        let client_auth = match auth.method.as_deref() {
+            Some("client_secret_basic") => ClientAuth::ClientSecretBasic {
+                client_id: non_empty(auth.client_id, "client_id")?,
+                client_secret: non_empty(auth.client_secret, "client_secret")?,
+            },
+            Some("bearer") => ClientAuth::Bearer {
+                token: non_empty(auth.token, "token")?,
+            },
+            _ => {
+                return Err(ConfigError::new(
+                    f("client_auth.method"),
+                    "must be client_secret_basic or bearer",
+                ))
+            }
+        };
+        let max_entries = self.max_entries.unwrap_or(10_000);
+        if max_entries == 0 || max_entries > 1_000_000 {
+            return Err(ConfigError::new(
+                f("max_entries"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(Some(Introspection {
+            endpoint,
+            cluster: cluster(self.cluster, f("cluster"))?,
+            timeout_ms: timeout(self.timeout_ms, f("timeout_ms"))?,
+            mode,
+            client_auth,
+            max_cache_s: positive(self.max_cache_s, 60, f("max_cache_s"))?,
+            negative_cache_s: positive(self.negative_cache_s, 10, f("negative_cache_s"))?,
+            max_entries,
+        }))
     }
 }
 
@@ -864,7 +1003,9 @@ mod tests {
             }),
             ("providers", |v| v["providers"] = serde_json::json!([])),
             ("surprise", |v| v["surprise"] = 1.into()),
-            ("shoe_size", |v| v["providers"][0]["shoe_size"] = 1.into()),
+            ("providers[0].shoe_size", |v| {
+                v["providers"][0]["shoe_size"] = 1.into()
+            }),
             ("providers[0].issuer", |v| {
                 v["providers"][0]["issuer"] = "idp".into()
             }),
@@ -920,8 +1061,8 @@ mod tests {
             let mut v = minimal();
             edit(&mut v);
             let err = parse(&v).expect_err(field);
-            assert!(
-                err.field == *field || err.to_string().contains(field),
+            assert_eq!(
+                err.field, *field,
                 "expected an error naming `{field}`, got: {err}"
             );
         }
@@ -1042,6 +1183,55 @@ mod tests {
             v["audit_event"] = sink;
             assert_eq!(parse(&v).unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn introspection_is_validated_naming_the_field() {
+        let good = serde_json::json!({"endpoint": "https://idp.example.org/introspect", "cluster": "idp",
+            "mode": "opaque", "client_auth": {"method": "client_secret_basic", "client_id": "gw", "client_secret": "s"}});
+        let mut v = minimal();
+        v["providers"][0]["introspection"] = good.clone();
+        let c = parse(&v).unwrap();
+        let i = c.providers[0].introspection.as_ref().unwrap();
+        assert_eq!((i.max_cache_s, i.negative_cache_s, i.timeout_ms), (60, 10, 2000));
+        let mut off = minimal();
+        off["providers"][0]["introspection"] = serde_json::json!({"mode": "off"});
+        assert!(parse(&off).unwrap().providers[0].introspection.is_none());
+        type Edit = fn(&mut serde_json::Value);
+        let cases: &[(&str, Edit)] = &[
+            ("providers[0].introspection.mode", |i| {
+                i["mode"] = "sometimes".into()
+            }),
+            ("providers[0].introspection.endpoint", |i| {
+                i["endpoint"] = "idp/introspect".into()
+            }),
+            ("providers[0].introspection.cluster", |i| i["cluster"] = "".into()),
+            ("providers[0].introspection.client_auth.method", |i| {
+                i["client_auth"]["method"] = "mtls".into()
+            }),
+            ("providers[0].introspection.client_auth.client_secret", |i| {
+                i["client_auth"].as_object_mut().unwrap().remove("client_secret");
+            }),
+            ("providers[0].introspection.client_auth.token", |i| {
+                i["client_auth"] = serde_json::json!({"method": "bearer"})
+            }),
+            ("providers[0].introspection.max_cache_s", |i| {
+                i["max_cache_s"] = 0.into()
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut i = good.clone();
+            edit(&mut i);
+            let mut v = minimal();
+            v["providers"][0]["introspection"] = i;
+            assert_eq!(parse(&v).unwrap_err().field, *field);
+        }
+        let mut two = minimal();
+        two["providers"][0]["introspection"] = good.clone();
+        let mut second = two["providers"][0].clone();
+        second["issuer"] = "https://other.example.org".into();
+        two["providers"].as_array_mut().unwrap().push(second);
+        assert_eq!(parse(&two).unwrap_err().field, "providers[1].introspection");
     }
 
     #[test]

@@ -326,6 +326,86 @@ impl Denial {
     }
 }
 
+impl Denial {
+    /// One denial of every kind (every token, request and authorization reason), for the
+    /// documentation table and its test.
+    pub fn every_kind() -> Vec<Denial> {
+        use ForbiddenReason as F;
+        use RequestReason as R;
+        use TokenReason as T;
+        let mut all = vec![Denial::MissingToken, Denial::InvalidRequest("see diagnostics")];
+        for t in [
+            T::TooLarge,
+            T::Malformed,
+            T::AlgorithmNotAllowed,
+            T::UnsupportedHeader,
+            T::UnknownIssuer,
+            T::UnknownKey,
+            T::BadSignature,
+            T::Expired,
+            T::NotYetValid,
+            T::IssuedInFuture,
+            T::LifetimeTooLong,
+            T::WrongAudience,
+            T::MissingClaim,
+            T::Revoked,
+        ] {
+            all.push(Denial::InvalidToken(t));
+        }
+        all.push(Denial::KeysUnavailable);
+        for f in [
+            F::InsufficientScope,
+            F::PatientContextMissing,
+            F::OutsidePatientCompartment,
+            F::NotEnforceableAtEdge,
+            F::OperationNotAllowed,
+        ] {
+            all.push(Denial::Forbidden {
+                reason: f,
+                scope: Some("patient/Observation.rs".into()),
+                detail: String::new(),
+            });
+        }
+        for r in [
+            R::Malformed,
+            R::OutsideBase,
+            R::UnknownResourceType,
+            R::UnsupportedPath,
+            R::MethodNotAllowed,
+            R::MethodOverride,
+            R::UriTooLong,
+            R::BodyTooLarge,
+        ] {
+            all.push(Denial::BadRequest(r, "see diagnostics"));
+        }
+        all.push(Denial::Internal);
+        all
+    }
+
+    /// The README row of this denial: `| reason | status | WWW-Authenticate error | issue.code |`.
+    pub fn table_row(&self) -> String {
+        let r = self.reply("smart-fhir-edge");
+        let error = match &r.www_authenticate {
+            Some(w) => match w.split("error=\"").nth(1).and_then(|rest| rest.split('"').next()) {
+                Some(e) => format!("`Bearer` `{e}`"),
+                None => "`Bearer realm`".to_string(),
+            },
+            None => "-".to_string(),
+        };
+        let retry = if r.retry_after.is_some() {
+            " + `Retry-After`"
+        } else {
+            ""
+        };
+        format!(
+            "| `{}` | {} | {error}{retry} | `{}` |",
+            r.reason_code,
+            r.status,
+            r.code.code()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +470,23 @@ mod tests {
             )
         );
         assert_eq!(r.diagnostics, "Insufficient scope: read of Observation needs r");
+    }
+
+    #[test]
+    fn the_readme_documents_every_denial() {
+        let readme = include_str!("../README.md");
+        let mut missing = Vec::new();
+        for d in Denial::every_kind() {
+            let row = d.table_row();
+            if !readme.contains(&row) {
+                missing.push(row);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README.md lacks these denial rows:\n{}",
+            missing.join("\n")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod fhir;
+pub mod introspection;
 pub mod jwks;
 pub mod metrics;
 pub mod outcome;

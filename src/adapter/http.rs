@@ -296,16 +296,32 @@ impl HttpContext for Stream {
             "content-type",
             format.content_type(),
         );
-        if end_of_stream || s.method == "HEAD" {
-            // No body to replace (and none may be added).
+        if s.method == "HEAD" {
             return Action::Continue;
+        }
+        let body = OperationOutcome::single(IssueSeverity::Error, code, text)
+            .with_request_id(s.request_id.as_deref())
+            .render(format);
+        if end_of_stream {
+            // No body to replace, and none may be added to these headers: answer anew. Envoy sends
+            // a reply made while the response headers are still in the filter chain directly to
+            // the client, bypassing the filters.
+            let mut headers: Vec<(String, String)> = Vec::new();
+            for name in ["retry-after", "x-envoy-ratelimited", "www-authenticate"] {
+                if let Some(v) = host::header(MapType::HttpResponseHeaders, name) {
+                    headers.push((name.to_string(), v));
+                }
+            }
+            let mut refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            refs.push(("content-type", format.content_type()));
+            refs.push(("x-smart-fhir-edge", crate::VERSION));
+            s.replied_locally = true;
+            host::send_reply(status, &refs, body.as_bytes());
+            return Action::Pause;
         }
         // The replacement is known now, so Content-Length is set now; the original body is then
         // dropped chunk by chunk and the OperationOutcome written at its end. Nothing is paused:
         // Envoy's own local replies must never be held.
-        let body = OperationOutcome::single(IssueSeverity::Error, code, text)
-            .with_request_id(s.request_id.as_deref())
-            .render(format);
         host::set_header(
             MapType::HttpResponseHeaders,
             "content-length",
