@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::audit::{AuditRecord, Verdict};
 use crate::config::AuditEventSink;
@@ -78,66 +78,71 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
+/// A JSON object from key/value pairs, leaving out `None` values.
+fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    let map: Map<String, Value> = fields
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect();
+    Value::Object(map)
+}
+
 /// The `AuditEvent` for a completed record. `observer` names the filter (source and server agent).
 pub fn audit_event(record: &AuditRecord, observer: &str) -> Value {
-    let mut ev = json!({
-        "resourceType": "AuditEvent",
-        "type": coding(AUDIT_EVENT_TYPE, "rest", "Restful Operation"),
-        "recorded": record.time,
-        "outcome": outcome_code(record),
-        "outcomeDesc": outcome_desc(record),
-    });
     let code = record.interaction.and_then(interaction_code);
-    if let Some((code, _)) = code {
-        ev["subtype"] = json!([coding(RESTFUL_INTERACTION, code, code)]);
-    }
-    ev["action"] = json!(code.map_or("E", |(_, action)| action));
-
     let mut agents = Vec::new();
-    if record.subject.is_some() || record.fhir_user.is_some() {
-        let mut who = json!({});
-        if let Some(u) = &record.fhir_user {
-            who["reference"] = json!(u);
-        }
-        if let Some(s) = &record.subject {
-            let mut id = json!({"value": s});
-            if let Some(iss) = &record.issuer {
-                id["system"] = json!(iss);
-            }
-            who["identifier"] = id;
-        }
-        let mut user = json!({
-            "type": {"coding": [coding(USER_AGENT_TYPES, "UserOauthAgent", "User OAuth Agent participant")]},
-            "who": who,
-            "requestor": true,
+    let has_user = record.subject.is_some() || record.fhir_user.is_some();
+    if has_user {
+        let identifier = record.subject.as_ref().map(|s| {
+            object([
+                ("system", record.issuer.as_ref().map(|i| json!(i))),
+                ("value", Some(json!(s))),
+            ])
         });
-        if let Some(j) = &record.jti {
-            user["policy"] = json!([format!("urn:ietf:params:oauth:jti:{j}")]);
-        }
-        agents.push(user);
+        let who = object([
+            ("reference", record.fhir_user.as_ref().map(|u| json!(u))),
+            ("identifier", identifier),
+        ]);
+        agents.push(object([
+            (
+                "type",
+                Some(json!({"coding": [coding(USER_AGENT_TYPES, "UserOauthAgent", "User OAuth Agent participant")]})),
+            ),
+            ("who", Some(who)),
+            ("requestor", Some(json!(true))),
+            (
+                "policy",
+                record
+                    .jti
+                    .as_ref()
+                    .map(|j| json!([format!("urn:ietf:params:oauth:jti:{j}")])),
+            ),
+        ]));
     }
-    let mut client = json!({
-        "type": {"coding": [coding(DCM, "110150", "Application")]},
-        "requestor": record.subject.is_none() && record.fhir_user.is_none(),
-    });
-    client["who"] = match &record.client_id {
+    let client_who = match &record.client_id {
         Some(c) => json!({"identifier": {"value": c}}),
         None => json!({"display": "unidentified client"}),
     };
-    if let Some(a) = &record.source_address {
-        client["network"] = json!({"address": address_ip(a), "type": "2"});
-    }
-    agents.push(client);
+    agents.push(object([
+        (
+            "type",
+            Some(json!({"coding": [coding(DCM, "110150", "Application")]})),
+        ),
+        ("who", Some(client_who)),
+        ("requestor", Some(json!(!has_user))),
+        (
+            "network",
+            record
+                .source_address
+                .as_ref()
+                .map(|a| json!({"address": address_ip(a), "type": "2"})),
+        ),
+    ]));
     agents.push(json!({
         "type": {"coding": [coding(DCM, "110152", "Destination Role ID")]},
         "who": {"display": observer},
         "requestor": false,
     }));
-    ev["agent"] = Value::Array(agents);
-    ev["source"] = json!({
-        "observer": {"display": observer},
-        "type": [coding(SOURCE_TYPE, "4", "Application Server")],
-    });
 
     let mut entities = Vec::new();
     if let Some(id) = &record.request_id {
@@ -156,10 +161,31 @@ pub fn audit_event(record: &AuditRecord, observer: &str) -> Value {
     if let Some(e) = data_entity(record) {
         entities.push(e);
     }
-    if !entities.is_empty() {
-        ev["entity"] = Value::Array(entities);
-    }
-    ev
+
+    object([
+        ("resourceType", Some(json!("AuditEvent"))),
+        (
+            "type",
+            Some(coding(AUDIT_EVENT_TYPE, "rest", "Restful Operation")),
+        ),
+        (
+            "subtype",
+            code.map(|(c, _)| json!([coding(RESTFUL_INTERACTION, c, c)])),
+        ),
+        ("action", Some(json!(code.map_or("E", |(_, action)| action)))),
+        ("recorded", Some(json!(record.time))),
+        ("outcome", Some(json!(outcome_code(record)))),
+        ("outcomeDesc", Some(json!(outcome_desc(record)))),
+        ("agent", Some(Value::Array(agents))),
+        (
+            "source",
+            Some(json!({
+                "observer": {"display": observer},
+                "type": [coding(SOURCE_TYPE, "4", "Application Server")],
+            })),
+        ),
+        ("entity", (!entities.is_empty()).then_some(Value::Array(entities))),
+    ])
 }
 
 fn outcome_desc(r: &AuditRecord) -> String {
@@ -228,15 +254,17 @@ pub fn refused_entries(body: &[u8]) -> u64 {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
-    if v["resourceType"] != "Bundle" || v["type"] != "batch-response" {
+    let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    if field(&v, "resourceType") != "Bundle" || field(&v, "type") != "batch-response" {
         return 0;
     }
-    v["entry"].as_array().map_or(0, |entries| {
+    v.get("entry").and_then(Value::as_array).map_or(0, |entries| {
         entries
             .iter()
             .filter(|e| {
-                !e["response"]["status"]
-                    .as_str()
+                !e.get("response")
+                    .and_then(|r| r.get("status"))
+                    .and_then(Value::as_str)
                     .is_some_and(|s| s.starts_with('2'))
             })
             .count() as u64
