@@ -142,7 +142,10 @@ fn a_request_arriving_before_the_keys_waits_for_the_fetch_dispatched_on_the_firs
     let s = observation_search(&vm, &token(Signer::RsaA));
     s.send_headers(true).expect_paused();
     serve_keys(&host);
-    assert_eq!(s.outcome().expect_continued().get(":path"), Some("/fhir/Observation?patient=123"));
+    assert_eq!(
+        s.outcome().expect_continued().get(":path"),
+        Some("/fhir/Observation?patient=123")
+    );
 }
 
 #[test]
