@@ -18,7 +18,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop bench clean-demo help
+.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop demo-status demo-install bench clean-demo help
 
 all: build
 
@@ -58,16 +58,18 @@ $(ENVOY):
 
 # ---- tests -------------------------------------------------------------------------------------
 test: build envoy
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory validate
-	$(MAKE) --no-print-directory test-wasm
+	@mkdir -p target
+	@{ $(MAKE) --no-print-directory test-unit && \
+	   $(MAKE) --no-print-directory validate && \
+	   $(MAKE) --no-print-directory test-wasm; } 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 test-unit:
 	cargo test -p smart-fhir-edge --lib
 
 # wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
-test-wasm test-envoy:
-	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests
+test-wasm test-envoy: demo-install
+	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests --lib --tests
 
 validate: build envoy
 	@set -e; for f in $$(find envoy -name '*.yaml' -not -path '*/istio/*' | sort); do \
@@ -76,9 +78,12 @@ validate: build envoy
 	    && echo OK || { echo FAILED; cat /tmp/smart-fhir-edge-validate.log; exit 1; }; \
 	done
 
+# Shipped code (the library, for the native target) may not unwrap, expect, panic or index unchecked.
 lint:
 	cargo fmt --all -- --check
-	cargo clippy -p smart-fhir-edge --lib -- -D warnings
+	cargo clippy -p smart-fhir-edge --lib -- -D warnings \
+	  -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic -D clippy::indexing_slicing
+	cargo clippy --workspace --tests -- -D warnings
 
 # ---- the main job ------------------------------------------------------------------------------
 demo: build envoy
@@ -86,3 +91,13 @@ demo: build envoy
 
 demo-stop:
 	./envoy/demo/run.sh stop
+
+demo-status:
+	./envoy/demo/run.sh status
+
+# Node 22 and the demo's npm packages (the real-Envoy suite starts the demo's identity provider).
+demo-install:
+	./envoy/demo/run.sh install
+
+clean-demo: demo-stop
+	rm -rf .demo envoy/demo/node_modules

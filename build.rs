@@ -204,8 +204,14 @@ fn strings(value: &serde_json::Value, what: &str) -> Result<Vec<String>, Box<dyn
 /// Sorted, unique, `[A-Z][A-Za-z]*`, without the abstract types.
 fn resource_types() -> Result<Vec<String>, Box<dyn Error>> {
     let doc = read_json(RESOURCE_TYPES)?;
-    let names = strings(&doc["resource_types"], "resource_types")?;
-    let abstract_types = strings(&doc["abstract_excluded"], "abstract_excluded")?;
+    let names = strings(
+        doc.get("resource_types").unwrap_or(&serde_json::Value::Null),
+        "resource_types",
+    )?;
+    let abstract_types = strings(
+        doc.get("abstract_excluded").unwrap_or(&serde_json::Value::Null),
+        "abstract_excluded",
+    )?;
     let mut sorted = names.clone();
     sorted.sort();
     sorted.dedup();

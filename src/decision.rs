@@ -7,8 +7,10 @@
 //!
 //! 1. method and method-override headers;
 //! 2. public paths (GET/HEAD only) and the filter's own `.well-known/smart-configuration`;
-//! 3. the bearer token (RFC 6750), verified against its issuer's keys;
-//! 4. FHIR classification of method + path + query;
+//! 3. the bearer token (RFC 6750), verified against its issuer's keys (or found in the verified-token
+//!    cache), then checked against the revocation list (the kill switch);
+//! 4. FHIR classification of method + path + query (classified up front for the audit record, but
+//!    a classification error is only answered after the token checks);
 //! 5. SMART authorization (scopes, patient context);
 //! 6. on allow, the verified facts forwarded as `x-smart-*` headers (inbound ones are always removed).
 
@@ -21,6 +23,7 @@ use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
 use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
 use crate::jwks::KeySet;
+use crate::revocation::Revocation;
 use crate::scope::GrantedScopes;
 use crate::token::{self, KeyLookup, SignatureVerifier, TokenError};
 use crate::token_cache::{CachedToken, TokenCache};
@@ -141,6 +144,7 @@ pub struct Engine {
     /// Whether the adapter reads bodies for the checks authorization asks for. Until it does,
     /// requests that need them are refused as before (fail closed).
     body_checks: bool,
+    revocation: Revocation,
 }
 
 impl KeyLookup for KeyManager<KeySet> {
@@ -157,11 +161,13 @@ impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
+        let revocation = Revocation::new(&config.revocation, owner);
         Ok(Engine {
             config: Rc::new(config),
             keys,
             cache: TokenCache::default(),
             body_checks: false,
+            revocation,
         })
     }
 
@@ -223,6 +229,14 @@ impl Engine {
         &self.cache
     }
 
+    pub fn revocation(&self) -> &Revocation {
+        &self.revocation
+    }
+
+    pub fn revocation_mut(&mut self) -> &mut Revocation {
+        &mut self.revocation
+    }
+
     /// Decides one request. `may_wait` is false when deciding again after a wait: the request is
     /// then answered, never paused again.
     pub fn decide(
@@ -260,6 +274,16 @@ impl Engine {
                     );
                 }
             }
+        }
+
+        // Classified now so that every record names the interaction; a classification error is
+        // answered after the token checks (step 4), as before.
+        let classified = fhir::classify(req.method, req.path, &config.fhir_base);
+        if let Ok(request) = &classified {
+            facts.interaction = Some(request.interaction.kind());
+            facts.resource_type = request.interaction.resource_type().map(str::to_string);
+            facts.resource_id = resource_id(&request.interaction);
+            facts.search_params = request.query.params.iter().map(|p| p.name.clone()).collect();
         }
 
         // 2. Public paths and the filter's own SMART configuration.
@@ -338,16 +362,16 @@ impl Engine {
         };
         let claims = entry.claims.clone();
         facts.claims = Some(claims.clone());
+        // The kill switch, on every request (cache hits included).
+        if self.revocation.check(&claims).is_some() {
+            return deny(Denial::InvalidToken(TokenReason::Revoked), facts);
+        }
 
         // 4. Which FHIR interaction.
-        let request = match fhir::classify(req.method, req.path, &config.fhir_base) {
+        let request = match classified {
             Ok(r) => r,
             Err(e) => return deny(classify_denial(&e), facts),
         };
-        facts.interaction = Some(request.interaction.kind());
-        facts.resource_type = request.interaction.resource_type().map(str::to_string);
-        facts.resource_id = resource_id(&request.interaction);
-        facts.search_params = request.query.params.iter().map(|p| p.name.clone()).collect();
 
         // 5. SMART authorization.
         let conditional_create = matches!(request.interaction, Interaction::Create { .. })
@@ -373,24 +397,7 @@ impl Engine {
         }
 
         // 6. Forward the verified facts.
-        let mut set_headers = Vec::with_capacity(6);
-        if let Some(p) = &claims.patient {
-            set_headers.push(("x-smart-patient", p.clone()));
-        }
-        set_headers.push(("x-smart-scope", claims.scope_string()));
-        if let Some(c) = &claims.client_id {
-            set_headers.push(("x-smart-client-id", c.clone()));
-        }
-        if let Some(s) = &claims.subject {
-            set_headers.push(("x-smart-sub", s.clone()));
-        }
-        if let Some(u) = &claims.fhir_user {
-            set_headers.push(("x-smart-fhir-user", u.clone()));
-        }
-        if let Some(e) = &claims.encounter {
-            set_headers.push(("x-smart-encounter", e.clone()));
-        }
-        set_headers.retain(|(_, v)| is_header_value_safe(v));
+        let set_headers = verified_headers(&claims);
         // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
         let new_path = authorized.append_query.as_ref().map(|(name, value)| {
             let mut q = request.query.clone();
@@ -413,6 +420,30 @@ impl Engine {
             pending,
         })
     }
+}
+
+/// The `x-smart-*` headers that forward a verified token's facts upstream (values with control
+/// characters are left out).
+pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> {
+    let mut set_headers = Vec::with_capacity(6);
+    if let Some(p) = &claims.patient {
+        set_headers.push(("x-smart-patient", p.clone()));
+    }
+    set_headers.push(("x-smart-scope", claims.scope_string()));
+    if let Some(c) = &claims.client_id {
+        set_headers.push(("x-smart-client-id", c.clone()));
+    }
+    if let Some(s) = &claims.subject {
+        set_headers.push(("x-smart-sub", s.clone()));
+    }
+    if let Some(u) = &claims.fhir_user {
+        set_headers.push(("x-smart-fhir-user", u.clone()));
+    }
+    if let Some(e) = &claims.encounter {
+        set_headers.push(("x-smart-encounter", e.clone()));
+    }
+    set_headers.retain(|(_, v)| is_header_value_safe(v));
+    set_headers
 }
 
 /// Header values forwarded upstream must not carry control characters (header injection).
@@ -456,5 +487,165 @@ pub fn classify_denial(e: &ClassifyError) -> Denial {
             "This method is not allowed on this FHIR path",
         ),
         ClassifyError::UnsupportedPath(what) => b(RequestReason::UnsupportedPath, what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::jwks::cache::{CasMismatch, FetchAnswer};
+    use crate::token::test_support::{self, Signer, AUD, ISS, NOW};
+    use crate::token::{Algorithm, JwtSimpleVerifier};
+
+    #[derive(Default)]
+    struct Store(HashMap<String, (Vec<u8>, u32)>, u32);
+
+    impl SharedStore for Store {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.0
+                .get(key)
+                .map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c)))
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+            if let (Some((_, cur)), Some(c)) = (self.0.get(key), cas) {
+                if *cur != c {
+                    return Err(CasMismatch);
+                }
+            }
+            self.1 += 1;
+            self.0.insert(key.to_string(), (value.to_vec(), self.1));
+            Ok(())
+        }
+    }
+
+    fn engine(revocation: serde_json::Value) -> Engine {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({
+            "fhir_base": "/fhir",
+            "providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks}],
+            "revocation": revocation,
+        });
+        let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
+        e.set_body_checks(true);
+        e
+    }
+
+    fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut c = test_support::good_claims();
+        edit(&mut c);
+        test_support::mint(Algorithm::ES256, Signer::P256, &c)
+    }
+
+    fn decide(e: &mut Engine, path: &str, token: Option<&str>) -> Decision {
+        let mut headers = vec![("x-request-id".to_string(), "r1".to_string())];
+        if let Some(t) = token {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
+        }
+        let req = RequestFacts {
+            method: "GET",
+            path,
+            headers: &headers,
+        };
+        e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false)
+    }
+
+    fn is_revoked(d: &Decision) -> bool {
+        matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Revoked), _))
+    }
+
+    #[test]
+    fn refuses_revoked_clients_subjects_and_token_ids_after_verification() {
+        let mut e = engine(json!({"client_ids": ["bad-app"], "subjects": ["mallory"], "jtis": ["leaked"]}));
+        let path = "/fhir/Observation?patient=123";
+        let table = [
+            (token(|_| {}), false),
+            (token(|c| c["client_id"] = json!("bad-app")), true),
+            (token(|c| c["sub"] = json!("mallory")), true),
+            (token(|c| c["jti"] = json!("leaked")), true),
+        ];
+        for (t, revoked) in table {
+            let d = decide(&mut e, path, Some(&t));
+            assert_eq!(is_revoked(&d), revoked, "{d:?}");
+            if let Decision::Deny(_, facts) = &d {
+                assert!(facts.claims.is_some(), "the audit names who was refused");
+                assert_eq!(facts.interaction, Some("search-type"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_its_client_is_revoked_by_a_refresh() {
+        let mut e = engine(json!({"refresh": {"uri": "http://lists.example.org/r", "cluster": "lists"}}));
+        let t = token(|_| {});
+        let path = "/fhir/Observation?patient=123";
+        assert!(matches!(decide(&mut e, path, Some(&t)), Decision::Allow(a) if !a.facts.cache_hit));
+        assert!(matches!(decide(&mut e, path, Some(&t)), Decision::Allow(a) if a.facts.cache_hit));
+        let mut store = Store::default();
+        let (req, _) = e.revocation_mut().poll(NOW * 1000, &mut store);
+        assert!(req.is_some());
+        let list = FetchAnswer::Response {
+            status: 200,
+            body: br#"{"client_ids": ["app-1"]}"#.to_vec(),
+        };
+        e.revocation_mut().on_answer(list, NOW * 1000, &mut store);
+        let d = decide(&mut e, path, Some(&t));
+        assert!(is_revoked(&d), "{d:?}");
+        assert!(
+            matches!(&d, Decision::Deny(_, f) if f.cache_hit),
+            "refused on a cache hit"
+        );
+    }
+
+    #[test]
+    fn records_the_interaction_even_when_the_token_is_missing() {
+        let mut e = engine(json!({}));
+        match decide(&mut e, "/fhir/Patient/123?_elements=name", None) {
+            Decision::Deny(Denial::MissingToken, f) => {
+                assert_eq!(f.interaction, Some("read"));
+                assert_eq!(f.resource_type.as_deref(), Some("Patient"));
+                assert_eq!(f.resource_id.as_deref(), Some("123"));
+                assert_eq!(f.search_params, vec!["_elements".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A path that cannot be classified is still refused for its token first.
+        let d = decide(&mut e, "/fhir/NotAType/1", None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::MissingToken, f) if f.interaction.is_none()),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_requests_that_need_body_checks_until_they_are_enabled() {
+        let mut e = engine(json!({}));
+        let t = token(|_| {});
+        let path = "/fhir/Observation?patient=123";
+        match decide(&mut e, path, Some(&t)) {
+            Decision::Allow(a) => assert!(
+                a.pending.as_ref().is_some_and(|p| p.response_check.is_some()),
+                "{a:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        e.set_body_checks(false);
+        let d = decide(&mut e, path, Some(&t));
+        assert!(
+            matches!(
+                &d,
+                Decision::Deny(
+                    Denial::Forbidden {
+                        reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                        ..
+                    },
+                    _
+                )
+            ),
+            "{d:?}"
+        );
     }
 }

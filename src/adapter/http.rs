@@ -1,5 +1,6 @@
-//! One HTTP stream: hands the request to the core, applies its decision, and rewrites error
-//! responses that are not FHIR into OperationOutcomes.
+//! One HTTP stream: hands the request to the core, applies its decision, writes the audit record
+//! when the response starts (or when the stream ends without one), and rewrites error responses
+//! that are not FHIR into OperationOutcomes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,11 +9,14 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::host::{self, HostSharedData};
+use super::host::{self, HostMetrics, HostSharedData};
 use super::root::{SharedVm, Waiter};
+use crate::audit::{AuditRecord, FILTER_STATE_PROPERTY, LOG_PREFIX};
+use crate::audit_event::audit_event;
 use crate::config::Mode;
-use crate::decision::{is_forwarded_header, Decision, RequestFacts};
+use crate::decision::{is_forwarded_header, verified_headers, Decision, RequestFacts};
 use crate::denial::Denial;
+use crate::metrics::{TimedVerifier, SIGNATURE_VERIFICATION_US};
 use crate::outcome::{self, Format, IssueSeverity, OperationOutcome};
 use crate::token::{Fallback, HostVerifier, JwtSimpleVerifier, SignatureVerifier};
 
@@ -29,6 +33,8 @@ pub struct StreamState {
     pub replied_locally: bool,
     /// The response body is being replaced by this OperationOutcome.
     pub rewrite: Option<String>,
+    /// The audit record of the decision, written when the response starts (or the stream ends).
+    pub audit: Option<AuditRecord>,
 }
 
 pub struct Stream {
@@ -98,23 +104,34 @@ impl Stream {
             path: &s.path,
             headers: &s.headers,
         };
-        let decision = if v.host_verifier {
-            let verifier = Fallback {
+        let fallback;
+        let inner: &dyn SignatureVerifier = if v.host_verifier {
+            fallback = Fallback {
                 primary: HostVerifier::new(host::call_verify_signature),
                 fallback: JwtSimpleVerifier,
             };
-            v.engine.decide(
-                &facts,
-                now,
-                &mut HostSharedData,
-                &verifier as &dyn SignatureVerifier,
-                may_wait,
-            )
+            &fallback
         } else {
-            v.engine
-                .decide(&facts, now, &mut HostSharedData, &JwtSimpleVerifier, may_wait)
+            &JwtSimpleVerifier
         };
-        let config = v.engine.config().clone();
+        let timed = TimedVerifier::new(inner, host::now_us);
+        let vm_state = &mut *v;
+        let decision = vm_state
+            .engine
+            .decide(&facts, now, &mut HostSharedData, &timed, may_wait);
+        let config = vm_state.engine.config().clone();
+        for us in timed.samples() {
+            vm_state
+                .metrics
+                .observe(&mut HostMetrics, SIGNATURE_VERIFICATION_US.to_string(), us);
+        }
+        if let Some(mut record) =
+            AuditRecord::for_decision(&decision, config.mode, &config.realm, &facts, now)
+        {
+            record.source_address = host::property(&["source", "address"]);
+            vm_state.metrics.on_decision(&mut HostMetrics, &record);
+            s.audit = Some(record);
+        }
         match decision {
             Decision::Allow(allowed) => {
                 for (name, value) in &allowed.set_headers {
@@ -125,7 +142,7 @@ impl Stream {
                 }
                 Action::Continue
             }
-            Decision::Deny(denial, _facts) => {
+            Decision::Deny(denial, facts) => {
                 if config.mode == Mode::AuditOnly {
                     let r = denial.reply(&config.realm);
                     log::info!(
@@ -133,6 +150,13 @@ impl Stream {
                         r.reason_code,
                         r.status
                     );
+                    // The token's facts are forwarded when it verified (they are true); inbound
+                    // x-smart-* headers were removed before the decision, as always.
+                    if let Some(claims) = &facts.claims {
+                        for (name, value) in verified_headers(claims) {
+                            host::set_header(MapType::HttpRequestHeaders, name, &value);
+                        }
+                    }
                     return Action::Continue;
                 }
                 Stream::reply(&mut s, &denial, &config.realm);
@@ -183,6 +207,33 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Completes and writes this stream's audit record, once: the log line, the filter state the
+    /// access log reads, and the AuditEvent queue.
+    fn write_audit(&self, status: Option<u16>, from_upstream: bool) {
+        let Some(mut record) = self.state.try_borrow_mut().ok().and_then(|mut s| s.audit.take()) else {
+            return;
+        };
+        record.complete(status, from_upstream);
+        let json = record.to_json();
+        host::set_filter_state(FILTER_STATE_PROPERTY, &json);
+        let Some(vm) = &self.vm else { return };
+        // Never re-entered in practice (Envoy sends local replies after the VM call returns); if the
+        // VM state were busy, the record is still logged rather than lost or a panic risked.
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            log::info!("{LOG_PREFIX}{json}");
+            return;
+        };
+        let config = v.engine.config().clone();
+        if config.audit.log {
+            log::info!("{LOG_PREFIX}{json}");
+        }
+        if let (Some(sink), Some(queue)) = (&config.audit.audit_event, v.audit_queue.as_mut()) {
+            queue.push(audit_event(&record, &sink.observer));
+        }
+    }
+}
+
 impl Context for Stream {}
 
 impl HttpContext for Stream {
@@ -221,15 +272,19 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         host::set_header(MapType::HttpResponseHeaders, "x-smart-fhir-edge", crate::VERSION);
+        let status: u16 = host::header(MapType::HttpResponseHeaders, ":status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let details = host::property(&["response", "code_details"]);
+        self.write_audit(
+            (status != 0).then_some(status),
+            details.as_deref() == Some("via_upstream"),
+        );
         let mut s = self.state.borrow_mut();
         if s.replied_locally {
             return Action::Continue;
         }
-        let status: u16 = host::header(MapType::HttpResponseHeaders, ":status")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         let content_type = host::header(MapType::HttpResponseHeaders, "content-type");
-        let details = host::property(&["response", "code_details"]);
         let source = outcome::error_source(details.as_deref());
         if !outcome::needs_rewrite(status, source, content_type.as_deref()) {
             return Action::Continue;
@@ -274,6 +329,14 @@ impl HttpContext for Stream {
         );
         s.rewrite = Some(body);
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // The stream ended without response headers (client gone, reset): write the record now.
+        let status = host::property_int(&["response", "code"])
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| *c != 0);
+        self.write_audit(status, false);
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

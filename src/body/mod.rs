@@ -201,6 +201,8 @@ pub(crate) mod fixtures {
             response_denial: ResponseDenial::Forbidden,
             max_request_body_bytes: super::DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_response_body_bytes: super::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            audit: Default::default(),
+            revocation: Default::default(),
         }
     }
 

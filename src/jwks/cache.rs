@@ -89,6 +89,8 @@ struct Plan {
     /// `None` for discovery until the document named it.
     jwks_uri: Option<HttpUri>,
     discovery_uri: Option<HttpUri>,
+    /// The issuer a discovery document must name (OpenID Connect Discovery 4.3, RFC 8414 3.3).
+    issuer: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +192,7 @@ impl<K> KeyManager<K> {
                         min_refetch_interval_s: r.min_refetch_interval_s,
                         jwks_uri: Some(r.uri.clone()),
                         discovery_uri: None,
+                        issuer: p.issuer.clone(),
                     })
                 }
                 KeySource::Discovery(d) => {
@@ -200,6 +203,7 @@ impl<K> KeyManager<K> {
                         min_refetch_interval_s: d.min_refetch_interval_s,
                         jwks_uri: None,
                         discovery_uri: Some(d.uri.clone()),
+                        issuer: p.issuer.clone(),
                     })
                 }
             }
@@ -465,10 +469,23 @@ impl<K> KeyManager<K> {
         };
         match state {
             InFlight::Discovery { .. } => {
+                let expected = p
+                    .plan
+                    .as_ref()
+                    .map(|plan| plan.issuer.clone())
+                    .unwrap_or_default();
                 let uri = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v.get("jwks_uri").and_then(|u| u.as_str()).map(str::to_string))
-                    .ok_or("discovery document has no jwks_uri")
+                    .ok_or("discovery document is not JSON")
+                    .and_then(|v| {
+                        if v.get("issuer").and_then(|i| i.as_str()) != Some(expected.as_str()) {
+                            return Err("discovery document names another issuer");
+                        }
+                        v.get("jwks_uri")
+                            .and_then(|u| u.as_str())
+                            .map(str::to_string)
+                            .ok_or("discovery document has no jwks_uri")
+                    })
                     .and_then(|u| HttpUri::parse(&u).map_err(|_| "discovery jwks_uri is not an http(s) URI"));
                 match uri {
                     Ok(uri) => {
@@ -852,8 +869,10 @@ mod tests {
         let (mut store, mut m) = (Store::default(), KeyManager::new(&ps, parse, "w0").unwrap());
         let mut t = T0;
         for doc in [
-            &br#"{"issuer":"x"}"#[..],
-            br#"{"jwks_uri":"ftp://x/y"}"#,
+            &br#"{"issuer":"https://idp.example.org"}"#[..],
+            br#"{"issuer":"https://idp.example.org","jwks_uri":"ftp://x/y"}"#,
+            br#"{"issuer":"https://evil.example.org","jwks_uri":"https://idp.example.org/jwks"}"#,
+            br#"{"jwks_uri":"https://idp.example.org/jwks"}"#,
             b"garbage",
         ] {
             assert_eq!(m.poll(t, &mut store).0.len(), 1);

@@ -2,6 +2,8 @@
 //! buffer, codec limits) and upstream errors that are not FHIR all leave as OperationOutcomes;
 //! a FHIR server's own OperationOutcome passes untouched.
 
+#![allow(clippy::type_complexity)] // test tables are tuples
+
 use std::time::Duration;
 
 use serde_json::json;

@@ -2,6 +2,8 @@
 //! the filter constrains patient searches, answers its own SMART configuration, and refuses
 //! method overrides.
 
+#![allow(clippy::type_complexity)] // test tables are tuples
+
 use serde_json::json;
 use wasm_tests::stack::*;
 
