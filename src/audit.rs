@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Mode;
 use crate::decision::{Decision, Facts, RequestFacts};
+use crate::denial::Denial;
 
 /// Prefix of every audit log line; the rest of the line is the record's JSON.
 pub const LOG_PREFIX: &str = "smart-fhir-edge audit ";
@@ -153,6 +154,18 @@ impl AuditRecord {
             token_cache_hit: facts.token_hash.as_ref().map(|_| facts.cache_hit),
             allowed_by: facts.allowed_by,
         })
+    }
+
+    /// Turns the record of an allowed request into the refusal a body or response check found
+    /// (in audit-only mode: the refusal that was not sent).
+    pub fn refuse(&mut self, denial: &Denial, mode: Mode, realm: &str) {
+        let r = denial.reply(realm);
+        self.decision = match mode {
+            Mode::Enforce => Verdict::Deny,
+            Mode::AuditOnly => Verdict::AuditOnlyDeny,
+        };
+        self.reason = r.reason_code;
+        self.refusal_status = Some(r.status);
     }
 
     /// Completes the record with the status the client received and, when the upstream answered

@@ -399,11 +399,10 @@ impl Engine {
         // 6. Forward the verified facts.
         let set_headers = verified_headers(&claims);
         // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
-        let new_path = authorized.append_query.as_ref().map(|(name, value)| {
-            let mut q = request.query.clone();
-            q.push(fhir::SearchParam::new(name, &[value.as_str()]));
-            format!("{path}?{}", q.to_query_string())
-        });
+        let new_path = authorized
+            .append_query
+            .as_ref()
+            .map(|param| path_with_param(path, &request.query, param));
         let pending = authorized.needs_body().then(|| {
             Box::new(Pending {
                 request: request.clone(),
@@ -444,6 +443,14 @@ pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> 
     }
     set_headers.retain(|(_, v)| is_header_value_safe(v));
     set_headers
+}
+
+/// The `:path` to forward: `path` (without query) and the classified `query` with `(name, value)`
+/// appended, re-encoded whole so that the upstream reads exactly what was judged.
+pub fn path_with_param(path: &str, query: &fhir::Query, (name, value): &(String, String)) -> String {
+    let mut q = query.clone();
+    q.push(fhir::SearchParam::new(name, &[value.as_str()]));
+    format!("{path}?{}", q.to_query_string())
 }
 
 /// Header values forwarded upstream must not carry control characters (header injection).

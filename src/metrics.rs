@@ -42,6 +42,8 @@ pub const JWKS_FETCHES: &str = "smart_fhir_edge.jwks_fetches_total";
 pub const JWKS_KEY_AGE_SECONDS: &str = "smart_fhir_edge.jwks_key_age_seconds";
 /// Revocation-list refreshes by outcome (`updated`, `unchanged`, `failed`) (counter).
 pub const REVOCATION_REFRESHES: &str = "smart_fhir_edge.revocation_refreshes_total";
+/// Response bodies checked, by outcome (`passed`, `filtered`, `refused`) (counter).
+pub const RESPONSE_CHECKS: &str = "smart_fhir_edge.response_checks_total";
 /// AuditEvents the FHIR server accepted (counter).
 pub const AUDIT_EVENTS_SENT: &str = "smart_fhir_edge.audit_events_sent_total";
 /// AuditEvents dropped: queue full, or refused by the server (counter).
@@ -165,6 +167,11 @@ impl Metrics {
             Some(false) => self.count(host, TOKEN_CACHE_MISSES.to_string(), 1),
             None => {}
         }
+    }
+
+    /// Counts a checked response by outcome (`passed`, `filtered`, `refused`).
+    pub fn on_response_check(&mut self, host: &mut dyn MetricHost, outcome: &str) {
+        self.count(host, tagged(RESPONSE_CHECKS, &[("outcome", outcome)]), 1);
     }
 
     /// Counts a key-set fetch outcome (`updated`, `unchanged`, `discovered`, `failed`).

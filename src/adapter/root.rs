@@ -379,13 +379,15 @@ impl RootContext for Root {
             }
         };
         let owner = format!("vm{}-{}", self.context_id, host::now_ms());
-        let engine = match Engine::new(config, &owner) {
+        let mut engine = match Engine::new(config, &owner) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("smart-fhir-edge: {e}");
                 return false;
             }
         };
+        // This adapter buffers and checks the request and response bodies the decisions ask for.
+        engine.set_body_checks(true);
         let host_verifier = host::has_verify_signature();
         let c = engine.config();
         log::info!(
@@ -399,6 +401,12 @@ impl RootContext for Root {
             } else {
                 "pure Rust"
             }
+        );
+        log::info!(
+            "smart-fhir-edge: body checks on: request bodies up to {} bytes, response bodies up to {} bytes, responses outside the grant answered {:?}",
+            c.max_request_body_bytes,
+            c.max_response_body_bytes,
+            c.response_denial
         );
         if c.mode == crate::config::Mode::AuditOnly {
             log::warn!(
