@@ -43,6 +43,8 @@ pub(crate) struct HostOptions {
     pub plugin_name: String,
     pub trap_policy: TrapPolicy,
     pub canary: bool,
+    /// Envoy's `PluginConfig.allow_on_headers_stop_iteration`.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 /// A pending HTTP callout (`proxy_http_call`), owned by a VM's root context like in Envoy.
@@ -203,6 +205,7 @@ impl Default for HostBuilder {
                 vm_id: String::new(),
                 plugin_name: String::new(),
                 trap_policy: TrapPolicy::Panic,
+                allow_on_headers_stop_iteration: false,
                 canary: true,
             },
         }
@@ -281,6 +284,15 @@ impl HostBuilder {
 
     /// Skip Envoy's configuration canary (by default, like Envoy, a new configuration is first
     /// started and configured in a throw-away VM; its logs, metrics and shared-data writes remain).
+    /// Envoy's `PluginConfig.allow_on_headers_stop_iteration: true` (Envoy 1.35+): a header
+    /// callback's `Pause` is `StopIteration` (body callbacks still run, headers are held) instead
+    /// of Envoy's default `StopAllIterationAndWatermark` (body and trailers are buffered without
+    /// calling the filter until it continues).
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.options.allow_on_headers_stop_iteration = allow;
+        self
+    }
+
     pub fn without_config_canary(mut self) -> Self {
         self.options.canary = false;
         self

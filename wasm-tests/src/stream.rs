@@ -34,6 +34,9 @@ pub(crate) struct Side {
     pub out_body: Vec<u8>,
     pub out_trailers: Option<Headers>,
     pub out_complete: bool,
+    /// The headers callback stopped all iteration (`StopAllIterationAndWatermark`): body and
+    /// trailers are buffered without calling the filter until it continues.
+    pub stopped_all: bool,
 }
 
 impl Side {
@@ -52,6 +55,7 @@ impl Side {
             out_body: Vec::new(),
             out_trailers: None,
             out_complete: false,
+            stopped_all: false,
         }
     }
 
@@ -78,7 +82,8 @@ impl Side {
     }
 
     fn holding(&self) -> bool {
-        self.headers_state == HeadersState::Stopped
+        self.stopped_all
+            || self.headers_state == HeadersState::Stopped
             || self.buffering
             || (self.trailers.is_some() && self.out_trailers.is_none())
     }
@@ -322,7 +327,7 @@ impl VmInner {
             self.fail_stream(ctx, Dir::Request);
             return;
         };
-        self.apply_headers_action(ctx, Dir::Request, if forced_stop { 1 } else { action });
+        self.apply_headers_action(ctx, Dir::Request, action, forced_stop);
         self.run_after_call();
     }
 
@@ -343,6 +348,12 @@ impl VmInner {
         }
         {
             let st = self.stream_mut(ctx);
+            if st.req.stopped_all {
+                // Buffered by Envoy; the filter sees it when it continues.
+                st.req.body.extend_from_slice(chunk);
+                st.req.end_seen = end_of_stream;
+                return;
+            }
             if !st.req.buffering {
                 st.req.body.clear();
             }
@@ -382,8 +393,11 @@ impl VmInner {
         {
             let st = self.stream_mut(ctx);
             st.req.trailers = Some(trailers);
-            st.req.trailers_access = true;
             st.req.end_seen = true;
+            if st.req.stopped_all {
+                return;
+            }
+            st.req.trailers_access = true;
         }
         let action = match self.exports.on_request_trailers.clone() {
             Some(f) => self.guest_call("proxy_on_request_trailers", ctx, |s| f.call(s, (ctx, n))),
@@ -406,12 +420,96 @@ impl VmInner {
         }
     }
 
-    fn apply_headers_action(&mut self, ctx: u32, dir: Dir, action: u32) {
+    fn apply_headers_action(&mut self, ctx: u32, dir: Dir, action: u32, forced_stop: bool) {
+        // proxy-wasm-cpp-host turns a header callback's StopIteration (1) into
+        // StopAllIterationAndWatermark unless `allow_on_headers_stop_iteration` is set; a forced
+        // stop and the StopAll codes (3, 4) stop all iteration anyway.
+        let allow = self
+            .store
+            .data()
+            .host
+            .borrow()
+            .options
+            .allow_on_headers_stop_iteration;
+        let stop_all = forced_stop || action >= 3 || (action == 1 && !allow);
         let side = self.side_mut(ctx, &dir);
-        if action == 0 {
+        if action == 0 && !forced_stop {
             // decodeHeaders/encodeHeaders null the header pointer on Continue.
             side.headers_access = false;
             side.resume();
+        } else if stop_all {
+            side.stopped_all = true;
+        }
+    }
+
+    /// Continuing after a StopAll: the headers go on, and the filter is shown what Envoy buffered
+    /// meanwhile (`CanStartFromCurrent`): the body, then the trailers.
+    fn continue_after_stop_all(&mut self, ctx: u32, dir: Dir) {
+        {
+            let side = self.side_mut(ctx, &dir);
+            side.stopped_all = false;
+            side.headers_access = false;
+            if side.out_headers.is_none() {
+                side.out_headers = Some(side.headers.clone());
+            }
+            side.headers_state = HeadersState::Continued;
+        }
+        let (has_body, has_trailers, end) = {
+            let side = self.side_mut(ctx, &dir);
+            (!side.body.is_empty(), side.trailers.is_some(), side.end_seen)
+        };
+        if has_body || (end && !has_trailers) {
+            let size = self.side_mut(ctx, &dir).body.len() as u32;
+            let end_of_stream = end && !has_trailers;
+            self.side_mut(ctx, &dir).body_access = true;
+            let export = match dir {
+                Dir::Request => self.exports.on_request_body.clone(),
+                Dir::Response => self.exports.on_response_body.clone(),
+            };
+            let action = match export {
+                Some(f) => self.guest_call("proxy_on_body", ctx, |s| {
+                    f.call(s, (ctx, size, u32::from(end_of_stream)))
+                }),
+                None => Some(0),
+            };
+            let Some(action) = action else {
+                self.fail_stream(ctx, dir);
+                return;
+            };
+            if self.stream(ctx).reset
+                || self.stream(ctx).resp.out_complete
+                || self.stream(ctx).local_reply_sent
+            {
+                return;
+            }
+            let forced = self.store.data().stop_iteration;
+            let d = match dir {
+                Dir::Request => Dir::Request,
+                Dir::Response => Dir::Response,
+            };
+            self.apply_data_action(ctx, d, if forced { 1 } else { action });
+            if self.side_mut(ctx, &dir).buffering {
+                return;
+            }
+        }
+        if has_trailers {
+            let n = self.side_mut(ctx, &dir).trailers.as_ref().map_or(0, |t| t.len()) as u32;
+            self.side_mut(ctx, &dir).trailers_access = true;
+            let export = match dir {
+                Dir::Request => self.exports.on_request_trailers.clone(),
+                Dir::Response => self.exports.on_response_trailers.clone(),
+            };
+            let action = match export {
+                Some(f) => self.guest_call("proxy_on_trailers", ctx, |s| f.call(s, (ctx, n))),
+                None => Some(0),
+            };
+            let Some(action) = action else {
+                self.fail_stream(ctx, dir);
+                return;
+            };
+            self.apply_trailers_action(ctx, dir, action);
+        } else {
+            self.side_mut(ctx, &dir).resume();
         }
     }
 
@@ -448,7 +546,10 @@ impl VmInner {
         if st.local_reply_sent || st.reset || st.finished {
             return;
         }
-        if st.req.holding() {
+        if st.req.stopped_all {
+            self.continue_after_stop_all(ctx, Dir::Request);
+            self.run_after_call();
+        } else if st.req.holding() {
             st.req.resume();
         }
     }
@@ -461,7 +562,10 @@ impl VmInner {
         if st.reset || st.finished || !st.response_started {
             return;
         }
-        if st.resp.holding() {
+        if st.resp.stopped_all {
+            self.continue_after_stop_all(ctx, Dir::Response);
+            self.run_after_call();
+        } else if st.resp.holding() {
             st.resp.resume();
         }
     }
@@ -579,7 +683,7 @@ impl VmInner {
             return;
         };
         if !self.stream(ctx).response_over() {
-            self.apply_headers_action(ctx, Dir::Response, if forced_stop { 1 } else { action });
+            self.apply_headers_action(ctx, Dir::Response, action, forced_stop);
         }
         self.run_after_call();
     }
@@ -587,6 +691,11 @@ impl VmInner {
     fn encode_data(&mut self, ctx: u32, chunk: &[u8], end_of_stream: bool) {
         {
             let st = self.stream_mut(ctx);
+            if st.resp.stopped_all {
+                st.resp.body.extend_from_slice(chunk);
+                st.resp.end_seen = end_of_stream;
+                return;
+            }
             if !st.resp.buffering {
                 st.resp.body.clear();
             }
@@ -663,8 +772,11 @@ impl VmInner {
         {
             let st = self.stream_mut(ctx);
             st.resp.trailers = Some(trailers);
-            st.resp.trailers_access = true;
             st.resp.end_seen = true;
+            if st.resp.stopped_all {
+                return;
+            }
+            st.resp.trailers_access = true;
         }
         if !self.filter_active(ctx) {
             self.side_mut(ctx, &Dir::Response).resume();

@@ -16,6 +16,14 @@ use wasm_tests::{Host, Outcome, Response, Stream, Vm};
 const FORM: &str = "application/x-www-form-urlencoded";
 const FHIR_JSON: &str = "application/fhir+json";
 
+/// A host configured as the filter needs Envoy for body checks (`allow_on_headers_stop_iteration`).
+fn host() -> Host {
+    Host::builder()
+        .allow_on_headers_stop_iteration(true)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The plugin configuration with the test keys inline, edited by `edit`.
 fn config(edit: impl FnOnce(&mut Value)) -> String {
     let jwks: Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
@@ -115,7 +123,7 @@ fn last_audit(host: &Host) -> Value {
 
 #[test]
 fn form_searches_are_checked_as_the_get_search_before_anything_is_forwarded() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.rs", Some("123"));
     // (case, path, content type, body, Ok(forwarded path) or Err(status))
@@ -225,7 +233,7 @@ fn form_searches_are_checked_as_the_get_search_before_anything_is_forwarded() {
 
 #[test]
 fn fragmented_request_bodies_are_checked_whole() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.rs", Some("123"));
     for (body, allowed) in [
@@ -254,7 +262,7 @@ fn fragmented_request_bodies_are_checked_whole() {
 
 #[test]
 fn request_bodies_with_trailers_are_checked_at_the_trailers() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.rs", Some("123"));
     for (body, allowed) in [("subject=Patient%2F123", true), ("subject=Patient%2F456", false)] {
@@ -273,7 +281,7 @@ fn request_bodies_with_trailers_are_checked_at_the_trailers() {
 
 #[test]
 fn an_oversized_request_body_is_refused_with_413_at_once() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |c| c["max_request_body_bytes"] = json!(1024));
     let auth = bearer("patient/Observation.rs", Some("123"));
     let s = request(&vm, "POST", "/fhir/Observation/_search", &auth, FORM);
@@ -290,7 +298,7 @@ fn an_oversized_request_body_is_refused_with_413_at_once() {
 
 #[test]
 fn writes_must_stay_with_the_patient() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.cu", Some("123"));
     let mut own = obs("x", "Patient/123");
@@ -333,7 +341,7 @@ fn writes_must_stay_with_the_patient() {
 
 #[test]
 fn a_bundle_with_one_refused_entry_is_refused_naming_the_entry() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/*.cruds", Some("123"));
     let entry = |method: &str, url: &str, resource: Option<Value>| {
@@ -379,7 +387,7 @@ fn a_bundle_with_one_refused_entry_is_refused_naming_the_entry() {
 
 #[test]
 fn a_batch_response_entry_of_another_patient_is_replaced() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/*.rs", Some("123"));
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
@@ -423,7 +431,7 @@ fn a_batch_response_entry_of_another_patient_is_replaced() {
 fn a_read_of_another_patients_resource_never_reaches_the_client() {
     for (response_denial, status, code) in [("forbidden", 403, "forbidden"), ("not-found", 404, "not-found")]
     {
-        let host = Host::new();
+        let host = host();
         let vm = vm(&host, |c| c["response_denial"] = json!(response_denial));
         let auth = bearer("patient/Observation.rs", Some("123"));
         // The patient's own resource passes untouched.
@@ -469,7 +477,7 @@ fn a_read_of_another_patients_resource_never_reaches_the_client() {
 
 #[test]
 fn searchsets_lose_other_patients_entries_with_total_fixed_and_an_outcome_entry() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/*.rs", Some("123"));
     let (s, out) = send(
@@ -532,7 +540,7 @@ fn searchsets_lose_other_patients_entries_with_total_fixed_and_an_outcome_entry(
 
 #[test]
 fn responses_the_edge_cannot_read_are_withheld() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |c| c["max_response_body_bytes"] = json!(2048));
     let auth = bearer("patient/Observation.rs", Some("123"));
     // Larger than the edge reads: refused as soon as the buffered body crosses the limit.
@@ -564,7 +572,7 @@ fn responses_the_edge_cannot_read_are_withheld() {
 
 #[test]
 fn errors_and_empty_answers_pass_unheld() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.rs", Some("123"));
     let not_found =
@@ -589,7 +597,7 @@ fn errors_and_empty_answers_pass_unheld() {
 
 #[test]
 fn audit_only_mode_logs_body_and_response_refusals_and_changes_nothing() {
-    let host = Host::new();
+    let host = host();
     let vm = vm(&host, |c| c["mode"] = json!("audit-only"));
     let auth = bearer("patient/Observation.rs", Some("123"));
     let (s, out) = send(
@@ -626,7 +634,7 @@ fn last_audit_after(s: &Stream, host: &Host) -> Value {
 #[test]
 fn a_body_sent_while_keys_are_fetched_is_held_and_checked_once_they_arrive() {
     for (body, allowed) in [("subject=Patient%2F123", true), ("subject=Patient%2F456", false)] {
-        let host = Host::new();
+        let host = host();
         let vm = host
             .vm_with_config(
                 json!({
@@ -664,4 +672,18 @@ fn a_body_sent_while_keys_are_fetched_is_held_and_checked_once_they_arrive() {
             assert!(s.upstream_request().headers.is_none());
         }
     }
+}
+
+#[test]
+fn without_envoy_holding_headers_a_body_check_never_sees_the_body() {
+    // Envoy's default turns the filter's header pause into StopAllIterationAndWatermark: the body
+    // is buffered without calling the filter, so the request stays held (and is never forwarded)
+    // until Envoy times it out. `allow_on_headers_stop_iteration: true` is required.
+    let host = Host::new();
+    let vm = vm(&host, |_| {});
+    let auth = bearer("patient/Observation.rs", Some("123"));
+    let s = request(&vm, "POST", "/fhir/Observation/_search", &auth, FORM);
+    s.send_headers(false).expect_paused();
+    s.send_body(b"subject=Patient%2F123", true).expect_paused();
+    assert!(s.upstream_request().headers.is_none());
 }

@@ -24,6 +24,15 @@ fn filter_version() -> String {
         .expect("the workspace manifest has a package version")
 }
 
+/// A host configured like the filter's Envoy configurations: headers may be held while the
+/// body is read (`allow_on_headers_stop_iteration: true`), which response checks need.
+fn envoy_host() -> Host {
+    Host::builder()
+        .allow_on_headers_stop_iteration(true)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn config() -> String {
     json!({
         "fhir_base": "/fhir",
@@ -45,6 +54,9 @@ fn token(signer: Signer) -> String {
     };
     test_support::mint(alg, signer, &test_support::good_claims())
 }
+
+/// An empty searchset: what the patient search's response check passes untouched.
+const SEARCHSET: &str = r#"{"resourceType":"Bundle","type":"searchset","total":0}"#;
 
 fn observation_search(vm: &Vm, token: &str) -> wasm_tests::Stream {
     vm.get(
@@ -97,7 +109,7 @@ fn refuses_invalid_configuration_with_a_log_naming_the_field() {
 fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_version_stamp() {
     for signer in [Signer::RsaA, Signer::P256, Signer::P384, Signer::Ed25519] {
         for with_envoy_verifier in [true, false] {
-            let mut b = Host::builder();
+            let mut b = Host::builder().allow_on_headers_stop_iteration(true);
             if !with_envoy_verifier {
                 b = b.without_foreign_function("verify_signature");
             }
@@ -118,7 +130,7 @@ fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_vers
             let out = s.respond(
                 200,
                 &[("content-type", "application/fhir+json")],
-                br#"{"resourceType":"Bundle"}"#,
+                SEARCHSET.as_bytes(),
             );
             let r = out.expect_responded();
             assert_eq!(
@@ -126,14 +138,14 @@ fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_vers
                 Some(filter_version().as_str()),
                 "{case}"
             );
-            assert_eq!(r.body_text(), r#"{"resourceType":"Bundle"}"#, "{case}");
+            assert_eq!(r.body_text(), SEARCHSET, "{case}");
         }
     }
 }
 
 #[test]
 fn a_request_arriving_before_the_keys_waits_for_the_fetch_dispatched_on_the_first_tick() {
-    let host = Host::new();
+    let host = envoy_host();
     let vm = host.vm_with_config(config()).unwrap();
     assert!(
         host.pending_callouts().is_empty(),
@@ -150,7 +162,7 @@ fn a_request_arriving_before_the_keys_waits_for_the_fetch_dispatched_on_the_firs
 
 #[test]
 fn the_test_clock_expires_tokens() {
-    let host = Host::new();
+    let host = envoy_host();
     let vm = host.vm_with_config(config()).unwrap();
     serve_keys(&host);
     let t = token(Signer::RsaA);
@@ -167,7 +179,7 @@ fn the_test_clock_expires_tokens() {
 
 #[test]
 fn two_vms_share_the_hosts_shared_data() {
-    let host = Host::new();
+    let host = envoy_host();
     let (a, b) = (
         host.vm_with_config(config()).unwrap(),
         host.vm_with_config(config()).unwrap(),
@@ -234,7 +246,7 @@ fn an_import_envoy_does_not_provide_is_named_when_the_module_loads() {
 
 #[test]
 fn many_streams_keep_the_linear_memory_bounded() {
-    let host = Host::new();
+    let host = envoy_host();
     let vm = host.vm_with_config(config()).unwrap();
     serve_keys(&host);
     let t = token(Signer::RsaA);
@@ -242,7 +254,12 @@ fn many_streams_keep_the_linear_memory_bounded() {
         for _ in 0..n {
             let s = observation_search(&vm, &t);
             s.send_headers(true).expect_continued();
-            s.respond(200, &[], b"{}").expect_responded();
+            s.respond(
+                200,
+                &[("content-type", "application/fhir+json")],
+                SEARCHSET.as_bytes(),
+            )
+            .expect_responded();
             s.finish();
         }
     };
