@@ -107,6 +107,10 @@ pub struct Config {
     pub max_request_body_bytes: usize,
     /// Largest response body the edge reads when it must check one (larger: withheld).
     pub max_response_body_bytes: usize,
+    /// Whether the filter reads request and response bodies where the URL cannot decide (Envoy
+    /// must hold headers meanwhile: `allow_on_headers_stop_iteration: true`); when false such
+    /// requests are refused.
+    pub body_checks: bool,
     /// Where audit records go (log line, FHIR AuditEvent sink).
     pub audit: AuditConfig,
     /// The kill switch: clients, subjects and token ids refused at once.
@@ -340,6 +344,7 @@ struct RawConfig {
     response_denial: Option<ResponseDenial>,
     max_request_body_bytes: Option<usize>,
     max_response_body_bytes: Option<usize>,
+    body_checks: Option<bool>,
     audit_log: Option<bool>,
     audit_event: Option<RawAuditEvent>,
     revocation: Option<RawRevocation>,
@@ -658,6 +663,7 @@ impl RawConfig {
             response_denial: self.response_denial.unwrap_or_default(),
             max_request_body_bytes,
             max_response_body_bytes,
+            body_checks: self.body_checks.unwrap_or(true),
             audit: AuditConfig {
                 log: self.audit_log.unwrap_or(true),
                 audit_event: self.audit_event.map(|a| a.validate("audit_event")).transpose()?,
@@ -1116,6 +1122,17 @@ mod tests {
             ("smart_configuration", |v| {
                 v["smart_configuration"] = serde_json::json!([1])
             }),
+            ("fhir_base_urls[0]", |v| {
+                v["fhir_base_urls"] = serde_json::json!(["https://ehr.example/fhir?x=1"])
+            }),
+            ("max_request_body_bytes", |v| {
+                v["max_request_body_bytes"] = 10.into()
+            }),
+            ("max_response_body_bytes", |v| {
+                v["max_response_body_bytes"] = (u64::MAX).into()
+            }),
+            ("response_denial", |v| v["response_denial"] = "hide".into()),
+            ("body_checks", |v| v["body_checks"] = "yes".into()),
         ];
         for (field, edit) in cases {
             let mut v = minimal();
@@ -1126,6 +1143,32 @@ mod tests {
                 "expected an error naming `{field}`, got: {err}"
             );
         }
+    }
+
+    #[test]
+    fn body_checks_default_on_with_bounded_buffers() {
+        let c = parse(&minimal()).unwrap();
+        assert!(c.body_checks);
+        assert_eq!(
+            c.max_request_body_bytes,
+            crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES
+        );
+        assert_eq!(
+            c.max_response_body_bytes,
+            crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES
+        );
+        assert_eq!(c.response_denial, ResponseDenial::Forbidden);
+        assert!(c.fhir_base_urls.is_empty());
+        let mut v = minimal();
+        v["body_checks"] = false.into();
+        v["response_denial"] = "not-found".into();
+        v["fhir_base_urls"] = serde_json::json!(["https://ehr.example/fhir/"]);
+        v["max_request_body_bytes"] = 4096.into();
+        let c = parse(&v).unwrap();
+        assert!(!c.body_checks);
+        assert_eq!(c.response_denial, ResponseDenial::NotFound);
+        assert_eq!(c.fhir_base_urls, vec!["https://ehr.example/fhir".to_string()]);
+        assert_eq!(c.max_request_body_bytes, 4096);
     }
 
     #[test]

@@ -386,8 +386,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // This adapter buffers and checks the request and response bodies the decisions ask for.
-        engine.set_body_checks(true);
+        // This adapter buffers and checks the request and response bodies the decisions ask for
+        // (unless configured off for hosts that cannot hold headers while a body is read).
+        let body_checks = engine.config().body_checks;
+        engine.set_body_checks(body_checks);
         let host_verifier = host::has_verify_signature();
         let c = engine.config();
         log::info!(
@@ -402,12 +404,18 @@ impl RootContext for Root {
                 "pure Rust"
             }
         );
-        log::info!(
-            "smart-fhir-edge: body checks on: request bodies up to {} bytes, response bodies up to {} bytes, responses outside the grant answered {:?}",
-            c.max_request_body_bytes,
-            c.max_response_body_bytes,
-            c.response_denial
-        );
+        if c.body_checks {
+            log::info!(
+                "smart-fhir-edge: body checks on (Envoy must hold headers: allow_on_headers_stop_iteration: true): request bodies up to {} bytes, response bodies up to {} bytes, responses outside the grant answered {:?}",
+                c.max_request_body_bytes,
+                c.max_response_body_bytes,
+                c.response_denial
+            );
+        } else {
+            log::info!(
+                "smart-fhir-edge: body checks off: requests whose body or response decides are refused"
+            );
+        }
         if c.mode == crate::config::Mode::AuditOnly {
             log::warn!(
                 "smart-fhir-edge: AUDIT-ONLY mode: requests are decided and audited but never refused"

@@ -177,6 +177,7 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         response_denial: crate::config::ResponseDenial::Forbidden,
         max_request_body_bytes: crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES,
         max_response_body_bytes: crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+        body_checks: true,
         audit: Default::default(),
         revocation: Default::default(),
     }

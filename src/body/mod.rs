@@ -201,6 +201,7 @@ pub(crate) mod fixtures {
             response_denial: ResponseDenial::Forbidden,
             max_request_body_bytes: super::DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_response_body_bytes: super::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            body_checks: true,
             audit: Default::default(),
             revocation: Default::default(),
         }
