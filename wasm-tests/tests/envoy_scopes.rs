@@ -22,71 +22,103 @@ fn scopes_and_patient_context_decide_every_interaction() {
         None,
     )));
     let no_patient = bearer(&token(&claims("patient/Observation.rs", None)));
-    // (authorization, method, path, expected status)
-    let cases: Vec<(&str, &str, &str, u16)> = vec![
-        (&patient, "GET", "/fhir/Patient/123", 200),
-        (&patient, "GET", "/fhir/Patient/456", 403),
-        (&patient, "GET", "/fhir/Observation?subject=Patient/123", 200),
-        (&patient, "GET", "/fhir/Observation?patient=123&code=1234-5", 200),
-        (&patient, "GET", "/fhir/Observation?patient=123,456", 403),
-        (&patient, "GET", "/fhir/Observation?patient=123&patient=456", 403),
-        (&patient, "GET", "/fhir/Observation?patient:missing=true", 403),
-        (&patient, "GET", "/fhir/Observation?subject.name=smith", 403),
-        (&patient, "GET", "/fhir/Patient/123/Observation", 200),
-        (&patient, "GET", "/fhir/Patient/456/Observation", 403),
-        (&patient, "GET", "/fhir/Condition?patient=123", 403),
-        (&patient, "GET", "/fhir/Observation/abc", 403),
-        (&patient, "POST", "/fhir/Observation", 403),
-        (&patient_v1, "GET", "/fhir/Condition?patient=123", 200),
-        (&no_patient, "GET", "/fhir/Observation?patient=123", 403),
-        (&user, "GET", "/fhir/Observation?patient=456", 200),
-        (&user, "GET", "/fhir/Observation/abc", 200),
-        (&user, "GET", "/fhir/Condition", 403),
-        (&user, "DELETE", "/fhir/Observation/abc", 403),
-        (&writer, "DELETE", "/fhir/Observation/abc", 200),
-        (&writer, "PUT", "/fhir/Observation/abc", 200),
-        (&writer, "GET", "/fhir/Patient/1", 403),
-        (&user, "GET", "/fhir/Observation/../Patient/1", 400),
-        (&user, "GET", "/fhir/Observation%2F1", 400),
-        (&user, "GET", "/fhir//Observation", 400),
-        (&user, "GET", "/fhir/NotAType/1", 404),
-        (&user, "GET", "/elsewhere", 404),
+    // (authorization, method, path, expected status, whether the upstream was asked): a response
+    // the edge refuses was asked for, and never reaches the client.
+    let cases: Vec<(&str, &str, &str, u16, bool)> = vec![
+        (&patient, "GET", "/fhir/Patient/123", 200, true),
+        (&patient, "GET", "/fhir/Patient/456", 403, false),
+        (
+            &patient,
+            "GET",
+            "/fhir/Observation?subject=Patient/123",
+            200,
+            true,
+        ),
+        (
+            &patient,
+            "GET",
+            "/fhir/Observation?patient=123&code=1234-5",
+            200,
+            true,
+        ),
+        (&patient, "GET", "/fhir/Observation?patient=123,456", 403, false),
+        (
+            &patient,
+            "GET",
+            "/fhir/Observation?patient=123&patient=456",
+            403,
+            false,
+        ),
+        (
+            &patient,
+            "GET",
+            "/fhir/Observation?patient:missing=true",
+            403,
+            false,
+        ),
+        (&patient, "GET", "/fhir/Observation?subject.name=smith", 200, true),
+        (&patient, "GET", "/fhir/Patient/123/Observation", 200, true),
+        (&patient, "GET", "/fhir/Patient/456/Observation", 403, false),
+        (&patient, "GET", "/fhir/Condition?patient=123", 403, false),
+        (&patient, "GET", "/fhir/Observation/o1", 200, true),
+        (&patient, "GET", "/fhir/Observation/o2", 403, true),
+        (&patient, "GET", "/fhir/Observation/abc", 403, true),
+        (&patient, "POST", "/fhir/Observation", 403, false),
+        (&patient_v1, "GET", "/fhir/Condition?patient=123", 200, true),
+        (&no_patient, "GET", "/fhir/Observation?patient=123", 403, false),
+        (&user, "GET", "/fhir/Observation?patient=456", 200, true),
+        (&user, "GET", "/fhir/Observation/abc", 200, true),
+        (&user, "GET", "/fhir/Condition", 403, false),
+        (&user, "DELETE", "/fhir/Observation/abc", 403, false),
+        (&writer, "DELETE", "/fhir/Observation/abc", 200, true),
+        (&writer, "PUT", "/fhir/Observation/abc", 200, true),
+        (&writer, "GET", "/fhir/Patient/1", 403, false),
+        (&user, "GET", "/fhir/Observation/../Patient/1", 400, false),
+        (&user, "GET", "/fhir/Observation%2F1", 400, false),
+        (&user, "GET", "/fhir//Observation", 400, false),
+        (&user, "GET", "/fhir/NotAType/1", 404, false),
+        (&user, "GET", "/elsewhere", 404, false),
     ];
-    let mut allowed = 0;
-    for (auth, method, path, status) in &cases {
+    let mut asked = 0;
+    for (auth, method, path, status, reaches) in &cases {
         let body: &[u8] = if *method == "POST" || *method == "PUT" {
-            br#"{"resourceType":"Observation"}"#
+            br#"{"resourceType":"Observation","id":"abc"}"#
         } else {
             b""
         };
         let before = up.request_count();
         let r = envoy.send(method, path, &[("authorization", auth)], body);
         assert_eq!(r.status, *status, "{method} {path}: {}", r.body_str());
-        if *status == 200 {
-            allowed += 1;
-            assert_eq!(
-                up.request_count(),
-                before + 1,
-                "{method} {path} reached the upstream"
-            );
-        } else {
+        if *reaches {
+            asked += 1;
+        }
+        assert_eq!(
+            up.request_count(),
+            before + usize::from(*reaches),
+            "{method} {path} reached the upstream: {reaches}"
+        );
+        if *status != 200 {
             assert_outcome(
                 &r,
                 *status,
                 r.body_json()["issue"][0]["code"].as_str().unwrap_or("?"),
             );
-            assert_eq!(
-                up.request_count(),
-                before,
-                "{method} {path} must not reach the upstream"
-            );
+            assert!(!r.body_str().contains("Other"), "{path}: nothing of patient 456");
         }
         if *status == 403 {
             let www = r.header("www-authenticate").unwrap_or("");
             assert!(www.contains("error=\"insufficient_scope\""), "{path}: {www}");
         }
+        if *status == 200 && *auth == patient.as_str() {
+            let v = r.body_json();
+            let text = v.to_string();
+            assert!(
+                !text.contains("Patient/456") && !text.contains("Other"),
+                "{path}: {text}"
+            );
+        }
     }
-    assert_eq!(up.request_count(), allowed);
+    assert_eq!(up.request_count(), asked);
 }
 
 #[test]
