@@ -360,3 +360,88 @@ fn fragmented_bodies_are_checked_whole_in_both_directions() {
     );
     assert_eq!(status, 403, "{body}");
 }
+
+#[test]
+fn responses_beyond_envoys_default_buffer_are_checked_whole() {
+    // Over 1 MiB (Envoy's default buffer limit, which envoy/test.yaml raises): still read, checked
+    // and filtered, not answered by Envoy's own 500.
+    let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
+    let envoy = envoy(&config(), &up, idp.port());
+    let auth = patient_token("patient/*.rs");
+    up.set_handler(|_| {
+        let entries: Vec<Value> = (0..16000)
+            .map(|i| {
+                let p = if i % 2 == 0 { "123" } else { "456" };
+                json!({"resource": {"resourceType": "Observation", "id": format!("b{i}"),
+                                    "subject": {"reference": format!("Patient/{p}")}}, "search": {"mode": "match"}})
+            })
+            .collect();
+        Response::json(200, json!({"resourceType": "Bundle", "type": "searchset", "entry": entries}).to_string())
+    });
+    let r = envoy.get("/fhir/Observation?patient=123", &[("authorization", &auth)]);
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        r.body_str().chars().take(300).collect::<String>()
+    );
+    assert!(r.body.len() > 1024 * 1024 / 2, "{}", r.body.len());
+    assert_only_patient_123(&r);
+    assert_eq!(entry_ids(&r.body_json()).len(), 8000);
+}
+
+#[test]
+fn a_body_that_arrives_while_the_keys_are_fetched_is_checked_once_they_arrive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The identity provider holds its key set until the test lets it go.
+    let release = Arc::new(AtomicBool::new(false));
+    let r2 = release.clone();
+    let idp = wasm_tests::http1::Server::start(move |req| {
+        if !req.path.starts_with("/jwks") {
+            return Response::new(404);
+        }
+        for _ in 0..100 {
+            if r2.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut r = Response::new(200).with_header("content-type", "application/json");
+        r.body = default_jwks();
+        r
+    });
+    let up = fhir_upstream();
+    let mut c = config();
+    c["providers"][0]["remote_jwks"]["timeout_ms"] = json!(8000);
+    let envoy = envoy(&c, &up, idp.port());
+    let auth = patient_token("patient/*.rs");
+    let port = envoy.port;
+    let cases: [(&[&[u8]], u16); 2] = [(&[b"patient=12", b"3"], 200), (&[b"patient=45", b"6"], 403)];
+    let clients: Vec<_> = cases
+        .iter()
+        .map(|(pieces, _)| {
+            let auth = auth.clone();
+            let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+            std::thread::spawn(move || {
+                let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                send_in_pieces(
+                    port,
+                    "/fhir/Observation/_search",
+                    &[("authorization", auth.as_str()), ("content-type", FORM)],
+                    &refs,
+                )
+            })
+        })
+        .collect();
+    // Both bodies are complete well before the keys arrive.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(up.request_count(), 0, "nothing forwarded before the decision");
+    release.store(true, Ordering::SeqCst);
+    for (client, (_, status)) in clients.into_iter().zip(cases) {
+        let (got, body) = client.join().unwrap_or_else(|_| panic!("client"));
+        assert_eq!(got, status, "{body}");
+    }
+    assert_eq!(up.request_count(), 1);
+    assert_eq!(up.requests()[0].body, b"patient=123");
+}
