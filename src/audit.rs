@@ -346,6 +346,34 @@ mod tests {
     }
 
     #[test]
+    fn a_body_or_response_refusal_turns_the_allowed_record_into_a_refusal() {
+        let outside = Denial::Forbidden {
+            reason: ForbiddenReason::OutsidePatientCompartment,
+            scope: None,
+            detail: String::new(),
+        };
+        for (mode, verdict, status, upstream) in [
+            (Mode::Enforce, Verdict::Deny, Some(403), None),
+            (Mode::AuditOnly, Verdict::AuditOnlyDeny, Some(200), Some(200)),
+        ] {
+            let mut r = record(&allow(facts()), mode);
+            assert_eq!(r.decision, Verdict::Allow);
+            r.refuse(&outside, mode, "ehr");
+            r.complete(status, mode == Mode::AuditOnly);
+            assert_eq!(r.decision, verdict, "{mode:?}");
+            assert_eq!(r.reason, "outside_patient_compartment");
+            assert_eq!(r.refusal_status, Some(403));
+            assert_eq!(r.status, status);
+            assert_eq!(r.upstream_status, upstream, "{mode:?}");
+            assert_eq!(
+                r.client_id.as_deref(),
+                Some("app-1"),
+                "who was refused stays named"
+            );
+        }
+    }
+
+    #[test]
     fn a_request_waiting_for_keys_has_no_record_yet() {
         let h = headers();
         let req = RequestFacts {

@@ -80,6 +80,7 @@ mod tests {
     const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases
     fn form_searches_are_authorized_as_the_get_search_of_both_parameter_sets() {
         let (claims, granted) = token("patient/*.rs", Some("123"));
         let cfg = config();

@@ -175,6 +175,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases
     fn finds_token_paths_from_the_r4_expressions() {
         let cases: &[(&str, &str, Option<&[(&str, TokenKind)]>)] = &[
             (

@@ -205,6 +205,7 @@ pub(crate) fn local_reply_headers(status: u32, additional: &[(String, String)], 
     h
 }
 
+#[derive(Clone, Copy)]
 enum Dir {
     Request,
     Response,
@@ -483,11 +484,7 @@ impl VmInner {
                 return;
             }
             let forced = self.store.data().stop_iteration;
-            let d = match dir {
-                Dir::Request => Dir::Request,
-                Dir::Response => Dir::Response,
-            };
-            self.apply_data_action(ctx, d, if forced { 1 } else { action });
+            self.apply_data_action(ctx, dir, if forced { 1 } else { action });
             if self.side_mut(ctx, &dir).buffering {
                 return;
             }

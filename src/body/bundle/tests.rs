@@ -30,6 +30,7 @@ fn refused(r: &Result<BodyAllowed, Denial>) -> Result<Vec<usize>, &'static str> 
 }
 
 #[test]
+#[allow(clippy::type_complexity)] // a table of cases
 fn authorizes_every_entry_and_refuses_the_whole_bundle_for_one() {
     let (claims, granted) = token("patient/*.cruds", Some("123"));
     let cfg = config();
