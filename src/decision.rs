@@ -382,6 +382,21 @@ impl Engine {
                 Err(f) => return deny(f.to_denial(), facts),
             };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
+        if method == fhir::Method::Head && authorized.response_check.is_some() {
+            // A HEAD response carries no body to check, and its status alone would tell whether a
+            // resource outside the grant exists.
+            return deny(
+                Denial::Forbidden {
+                    reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                    scope: None,
+                    detail: format!(
+                        "HEAD {}: the response decides for this token; use GET",
+                        request.interaction.kind()
+                    ),
+                },
+                facts,
+            );
+        }
         if authorized.needs_body() && !self.body_checks {
             return deny(
                 Denial::Forbidden {
@@ -625,6 +640,49 @@ mod tests {
             matches!(&d, Decision::Deny(Denial::MissingToken, f) if f.interaction.is_none()),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn refuses_head_when_the_response_decides() {
+        let mut e = engine(json!({}));
+        let t = token(|_| {});
+        let head = |e: &mut Engine, path: &str| {
+            let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+            let req = RequestFacts {
+                method: "HEAD",
+                path,
+                headers: &headers,
+            };
+            e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false)
+        };
+        for path in ["/fhir/Observation/o2", "/fhir/Observation?patient=123"] {
+            let d = head(&mut e, path);
+            assert!(
+                matches!(
+                    &d,
+                    Decision::Deny(
+                        Denial::Forbidden {
+                            reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                            ..
+                        },
+                        _
+                    )
+                ),
+                "{path}: {d:?}"
+            );
+        }
+        // The patient's own record needs no response check: HEAD is answered.
+        let mut claims = test_support::good_claims();
+        claims["scope"] = json!("patient/Patient.rs");
+        let t = test_support::mint(Algorithm::ES256, Signer::P256, &claims);
+        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let req = RequestFacts {
+            method: "HEAD",
+            path: "/fhir/Patient/123",
+            headers: &headers,
+        };
+        let d = e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false);
+        assert!(matches!(d, Decision::Allow(_)), "{d:?}");
     }
 
     #[test]

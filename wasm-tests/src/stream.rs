@@ -631,6 +631,7 @@ impl VmInner {
             st.resp.body_access = false;
             st.resp.buffering = false;
             st.resp.stopped_all = false;
+            st.resp.trailers = None;
             st.resp.out_headers = Some(headers);
             st.resp.out_body = if is_head { Vec::new() } else { body };
             st.resp.out_trailers = None;

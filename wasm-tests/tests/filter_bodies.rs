@@ -571,7 +571,7 @@ fn responses_the_edge_cannot_read_are_withheld() {
 }
 
 #[test]
-fn errors_and_empty_answers_pass_unheld() {
+fn errors_and_empty_answers_pass_unheld_and_head_is_refused() {
     let host = host();
     let vm = vm(&host, |_| {});
     let auth = bearer("patient/Observation.rs", Some("123"));
@@ -586,13 +586,10 @@ fn errors_and_empty_answers_pass_unheld() {
     assert_eq!(out.expect_responded().body_text(), not_found);
     let (s, _) = send(&vm, "GET", "/fhir/Observation?patient=123", &auth, FHIR_JSON, b"");
     assert_eq!(s.respond(204, &[], b"").expect_responded().status, 204);
-    let (s, _) = send(&vm, "HEAD", "/fhir/Observation/a", &auth, FHIR_JSON, b"");
-    assert_eq!(
-        s.respond_headers(200, &[("content-type", FHIR_JSON)], false)
-            .expect_responded()
-            .status,
-        200
-    );
+    // HEAD has no body to check, and its status would tell whether the resource exists: refused.
+    let (s, out) = send(&vm, "HEAD", "/fhir/Observation/a", &auth, FHIR_JSON, b"");
+    assert_eq!(out.expect_local_reply().status, 403);
+    assert!(s.upstream_request().headers.is_none());
 }
 
 #[test]
@@ -686,4 +683,29 @@ fn without_envoy_holding_headers_a_body_check_never_sees_the_body() {
     s.send_headers(false).expect_paused();
     s.send_body(b"subject=Patient%2F123", true).expect_paused();
     assert!(s.upstream_request().headers.is_none());
+}
+
+#[test]
+fn a_response_ending_with_trailers_is_checked_at_the_trailers() {
+    let host = host();
+    let vm = vm(&host, |_| {});
+    let auth = bearer("patient/Observation.rs", Some("123"));
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": obs("a", "Patient/123"), "search": {"mode": "match"}},
+        {"resource": obs("b", "Patient/456"), "search": {"mode": "match"}},
+    ]})
+    .to_string();
+    let (s, out) = send(&vm, "GET", "/fhir/Observation?patient=123", &auth, FHIR_JSON, b"");
+    out.expect_continued();
+    s.respond_headers(200, &[("content-type", FHIR_JSON)], false)
+        .expect_paused();
+    s.respond_body(bundle.as_bytes(), false).expect_paused();
+    let out = s.respond_trailers(&[("x-trailer", "1")]);
+    // The body buffer cannot be rewritten at the trailers: the filtered body is sent anew.
+    let r = out.expect_local_reply();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some(FHIR_JSON));
+    let v = body_json(r);
+    assert_eq!(v["entry"][0]["resource"]["id"], "a");
+    assert!(!r.body_text().contains("Patient/456"), "{v}");
 }
