@@ -141,6 +141,14 @@ fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
 impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
+        // The introspection block is parsed and validated, but the request path does not call
+        // the endpoint yet: refuse it rather than accept a setting that would not be honoured.
+        if let Some(i) = config.providers.iter().position(|p| p.introspection.is_some()) {
+            return Err(ConfigError::new(
+                format!("providers[{i}].introspection"),
+                "token introspection is not supported by this version yet",
+            ));
+        }
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
         let revocation = Revocation::new(&config.revocation, owner);
         Ok(Engine {
