@@ -454,6 +454,18 @@ mod tests {
         Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap()
     }
 
+    #[test]
+    fn an_introspection_block_is_refused_until_it_is_honoured() {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
+            "introspection": {"mode": "always", "endpoint": "https://idp.example.org/introspect", "cluster": "idp",
+                              "client_auth": {"method": "bearer", "token": "t"}}}]});
+        let err = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0")
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "providers[0].introspection");
+    }
+
     fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {
         let mut c = test_support::good_claims();
         edit(&mut c);
