@@ -5,8 +5,7 @@
 //! denied FHIR requests end to end, both signature paths, bounded memory, and tokens never logged.
 //!
 //! Build the module first (`make build`). Every test has its own [`Host`]: they run in parallel.
-//! Tests ignored with "filter bug: …" show known filter bugs (run them with `--ignored`); the
-//! memory test verifies 100,000 distinct signatures and takes the longest.
+//! The memory test verifies 100,000 distinct signatures and takes the longest.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -573,7 +572,6 @@ fn two_workers_fetch_once_and_the_second_adopts_the_keys_from_shared_data() {
 }
 
 #[test]
-#[ignore = "filter bug: a worker refuses (401) a new kid whose refetch another worker has in flight"]
 fn a_new_kid_seen_by_two_workers_is_refetched_once_and_allowed_on_both() {
     let host = Host::new();
     let a = host.vm_with_config(config(json!({}))).unwrap();
@@ -600,7 +598,6 @@ fn a_new_kid_seen_by_two_workers_is_refetched_once_and_allowed_on_both() {
 }
 
 #[test]
-#[ignore = "filter bug: every worker's lease owner is `vm1-<configure ms>`, so leases do not tell workers apart"]
 fn a_worker_does_not_fetch_while_another_workers_fetch_is_in_flight() {
     let host = Host::new();
     let a = host
