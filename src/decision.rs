@@ -160,6 +160,14 @@ fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
 impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
+        // The introspection block is parsed and validated, but the request path does not call
+        // the endpoint yet: refuse it rather than accept a setting that would not be honoured.
+        if let Some(i) = config.providers.iter().position(|p| p.introspection.is_some()) {
+            return Err(ConfigError::new(
+                format!("providers[{i}].introspection"),
+                "token introspection is not supported by this version yet",
+            ));
+        }
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
         let revocation = Revocation::new(&config.revocation, owner);
         Ok(Engine {
@@ -554,6 +562,18 @@ mod tests {
         let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
         e.set_body_checks(true);
         e
+    }
+
+    #[test]
+    fn an_introspection_block_is_refused_until_it_is_honoured() {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
+            "introspection": {"mode": "always", "endpoint": "https://idp.example.org/introspect", "cluster": "idp",
+                              "client_auth": {"method": "bearer", "token": "t"}}}]});
+        let err = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0")
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "providers[0].introspection");
     }
 
     fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {

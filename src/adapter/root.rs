@@ -378,7 +378,15 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let owner = format!("vm{}-{}", self.context_id, host::now_ms());
+        // Every worker's root context has the same id and they configure in the same millisecond:
+        // a random part (WASI random_get, through std's RandomState) tells them apart in leases.
+        let nonce = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        let owner = format!("vm{}-{}-{nonce:016x}", self.context_id, host::now_ms());
         let mut engine = match Engine::new(config, &owner) {
             Ok(e) => e,
             Err(e) => {

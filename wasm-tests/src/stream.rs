@@ -593,6 +593,32 @@ impl VmInner {
         self.local_reply_inner(ctx, status, details, body, headers, origin);
     }
 
+    /// A local reply by Envoy itself after the filter passed the request headers (the router's
+    /// `no_healthy_upstream`, a later filter's refusal), as `sendLocalReply` makes it: through the
+    /// filter's response callbacks, with `response.code_details` = `details`.
+    pub(crate) fn envoy_local_reply(&mut self, ctx: u32, status: u16, details: &str, body: &[u8]) {
+        {
+            let st = self.stream(ctx);
+            assert!(
+                st.req.out_headers.is_some(),
+                "Envoy cannot reply after the filter: the request headers never passed it ({:?})",
+                st.outcome()
+            );
+            if st.local_reply_sent || st.reset {
+                return; // The stream already has its answer.
+            }
+        }
+        // Envoy replaces whitespace in details with '_'.
+        let details: String = details
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
+        let origin = ResponseOrigin::LocalReply {
+            details: details.clone(),
+        };
+        self.local_reply_inner(ctx, u32::from(status), details, body.to_vec(), Vec::new(), origin);
+    }
+
     fn local_reply_inner(
         &mut self,
         ctx: u32,
@@ -940,6 +966,17 @@ impl Stream {
     pub fn respond_body(&self, chunk: &[u8], end_of_stream: bool) -> Outcome {
         self.with(|vm| {
             vm.respond_body(self.ctx, chunk, end_of_stream);
+            vm.outcome(self.ctx)
+        })
+    }
+
+    /// Envoy answers locally after the filter passed the request (e.g. the router's
+    /// `503` `no_healthy_upstream` with body `no healthy upstream`): `:status`, `content-length` and
+    /// `content-type: text/plain` (if `body` is not empty), through the filter's response callbacks;
+    /// `response.code_details` answers `details`. The origin is [`crate::ResponseOrigin::LocalReply`].
+    pub fn envoy_local_reply(&self, status: u16, details: &str, body: &[u8]) -> Outcome {
+        self.with(|vm| {
+            vm.envoy_local_reply(self.ctx, status, details, body);
             vm.outcome(self.ctx)
         })
     }

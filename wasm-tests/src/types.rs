@@ -115,9 +115,11 @@ impl fmt::Debug for Headers {
 pub enum ResponseOrigin {
     /// The upstream answered (the test called `respond`).
     Upstream,
-    /// The filter replied itself (`proxy_send_local_response`); `details` is the response-code detail.
+    /// A local reply: the filter's (`proxy_send_local_response`) or Envoy's after the filter
+    /// (`Stream::envoy_local_reply`); `details` is the response-code detail.
     LocalReply {
-        /// `response_code_details` the module passed (empty for the Rust SDK's `send_http_response`).
+        /// `response_code_details` the module passed (empty for the Rust SDK's `send_http_response`),
+        /// or Envoy's (e.g. `no_healthy_upstream`).
         details: String,
     },
     /// Envoy replied 503 because the module trapped (`wasm_fail_stream`).
@@ -169,7 +171,7 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// Whether the filter produced this response itself.
+    /// Whether this is a local reply (the filter's, or Envoy's after it), not the upstream's.
     pub fn is_local_reply(&self) -> bool {
         matches!(self.origin, ResponseOrigin::LocalReply { .. })
     }
@@ -211,8 +213,8 @@ pub enum Outcome {
     },
     /// The filter holds the stream (a callback returned `Pause` and nothing resumed it yet).
     Paused,
-    /// The filter answered itself; this is what the client received (after the filter's own
-    /// response callbacks ran on it, as in Envoy).
+    /// The filter (or Envoy after it, see `Stream::envoy_local_reply`) answered locally; this is
+    /// what the client received (after the filter's own response callbacks ran on it, as in Envoy).
     LocalReply(Response),
     /// The upstream's response passed the filter; this is what the client received.
     Responded(Response),
