@@ -65,6 +65,17 @@ pub enum UnconstrainedSearch {
     Refuse,
 }
 
+/// How a response outside the token's grant is answered (reads by id, history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseDenial {
+    /// 403, as for the other refusals (the default).
+    #[default]
+    Forbidden,
+    /// 404, as if the resource did not exist.
+    NotFound,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -86,6 +97,81 @@ pub struct Config {
     /// When present, the filter answers `{fhir_base}/.well-known/smart-configuration` itself.
     pub smart_configuration: Option<serde_json::Value>,
     pub mode: Mode,
+    /// Absolute bases of this FHIR server as clients and the server write them
+    /// (`https://ehr.example/fhir`), without trailing `/`: absolute URLs of Bundle entries,
+    /// references and paging links count as this server's only under one of them.
+    pub fhir_base_urls: Vec<String>,
+    /// How a response outside the grant is answered.
+    pub response_denial: ResponseDenial,
+    /// Largest request body the edge reads when it must check one (larger: 413).
+    pub max_request_body_bytes: usize,
+    /// Largest response body the edge reads when it must check one (larger: withheld).
+    pub max_response_body_bytes: usize,
+    /// Whether the filter reads request and response bodies where the URL cannot decide (Envoy
+    /// must hold headers meanwhile: `allow_on_headers_stop_iteration: true`); when false such
+    /// requests are refused.
+    pub body_checks: bool,
+    /// Where audit records go (log line, FHIR AuditEvent sink).
+    pub audit: AuditConfig,
+    /// The kill switch: clients, subjects and token ids refused at once.
+    pub revocation: RevocationConfig,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Write every record as one `smart-fhir-edge audit {json}` info log line (default true).
+    pub log: bool,
+    /// Send every record as a FHIR `AuditEvent` to a FHIR server, when configured.
+    pub audit_event: Option<AuditEventSink>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            log: true,
+            audit_event: None,
+        }
+    }
+}
+
+/// A FHIR server that receives `AuditEvent`s, batched in `batch` Bundles POSTed to its base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEventSink {
+    /// The FHIR base the Bundles are POSTed to (`http://audit.example.org/fhir`).
+    pub uri: HttpUri,
+    pub cluster: String,
+    /// Events per Bundle (at most).
+    pub batch_size: usize,
+    /// A partial batch is sent when this long has passed since the last send.
+    pub flush_interval_ms: u64,
+    /// Events waiting per worker beyond which new ones are dropped (and counted).
+    pub max_queue: usize,
+    pub timeout_ms: u64,
+    /// `AuditEvent.source.observer.display` and the server agent's name.
+    pub observer: String,
+}
+
+/// The kill switch: tokens of these clients or subjects, or with these ids, are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevocationConfig {
+    /// `client_id` (or `azp`/`cid`) values, compared exactly.
+    pub client_ids: Vec<String>,
+    /// `sub` values, compared exactly.
+    pub subjects: Vec<String>,
+    /// `jti` values, compared exactly.
+    pub jtis: Vec<String>,
+    /// A list fetched periodically and added to the configured one, when set.
+    pub refresh: Option<RevocationRefresh>,
+}
+
+/// Where and how often the revocation list is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRefresh {
+    pub uri: HttpUri,
+    pub cluster: String,
+    pub interval_s: u64,
+    pub timeout_ms: u64,
 }
 
 /// One trusted token issuer.
@@ -100,6 +186,48 @@ pub struct Provider {
     pub algorithms: Vec<String>,
     /// Largest accepted `exp - iat`, when set.
     pub max_lifetime_s: Option<u64>,
+    /// RFC 7662 introspection, when configured.
+    pub introspection: Option<Introspection>,
+}
+
+/// When tokens are introspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionMode {
+    /// Tokens that are not JWTs are introspected (JWTs are verified locally).
+    Opaque,
+    /// Every token is introspected, JWTs too (after local verification), to honour revocation.
+    Always,
+    /// Never.
+    Off,
+}
+
+/// How the filter authenticates to the introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// RFC 6749 2.3.1 HTTP Basic with a client id and secret.
+    ClientSecretBasic {
+        client_id: String,
+        client_secret: String,
+    },
+    /// A bearer credential.
+    Bearer { token: String },
+}
+
+/// A provider's RFC 7662 introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub endpoint: HttpUri,
+    pub cluster: String,
+    pub timeout_ms: u64,
+    pub mode: IntrospectionMode,
+    pub client_auth: ClientAuth,
+    /// Longest time an active answer is trusted: the revocation delay.
+    pub max_cache_s: u64,
+    /// How long an inactive answer is remembered.
+    pub negative_cache_s: u64,
+    /// Bound on cached answers per VM.
+    pub max_entries: usize,
 }
 
 /// Where a provider's keys come from.
@@ -212,6 +340,44 @@ struct RawConfig {
     operations: Option<Vec<RawOperation>>,
     smart_configuration: Option<serde_json::Value>,
     mode: Option<Mode>,
+    fhir_base_urls: Option<Vec<String>>,
+    response_denial: Option<ResponseDenial>,
+    max_request_body_bytes: Option<usize>,
+    max_response_body_bytes: Option<usize>,
+    body_checks: Option<bool>,
+    audit_log: Option<bool>,
+    audit_event: Option<RawAuditEvent>,
+    revocation: Option<RawRevocation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditEvent {
+    uri: Option<String>,
+    cluster: Option<String>,
+    batch_size: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    max_queue: Option<usize>,
+    timeout_ms: Option<u64>,
+    observer: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    client_ids: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+    jtis: Option<Vec<String>>,
+    refresh: Option<RawRevocationRefresh>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocationRefresh {
+    uri: Option<String>,
+    cluster: Option<String>,
+    interval_s: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +390,30 @@ struct RawProvider {
     discovery: Option<RawDiscovery>,
     algorithms: Option<Vec<String>>,
     max_lifetime_s: Option<u64>,
+    introspection: Option<RawIntrospection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    endpoint: Option<String>,
+    cluster: Option<String>,
+    timeout_ms: Option<u64>,
+    mode: Option<IntrospectionMode>,
+    client_auth: Option<RawClientAuth>,
+    max_cache_s: Option<u64>,
+    negative_cache_s: Option<u64>,
+    max_entries: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    /// `client_secret_basic` or `bearer`.
+    method: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -288,11 +478,12 @@ fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError 
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
     {
-        field = if field == "(root)" {
-            key.to_string()
-        } else {
-            format!("{field}.{key}")
-        };
+        // serde_path_to_error's path may already end with the unknown key.
+        if field == "(root)" {
+            field = key.to_string();
+        } else if !(field == key || field.ends_with(&format!(".{key}"))) {
+            field = format!("{field}.{key}");
+        }
     }
     ConfigError::new(field, format!("not valid for this filter: {msg}"))
 }
@@ -360,6 +551,19 @@ impl RawConfig {
             providers.push(provider);
         }
 
+        let introspecting: Vec<usize> = providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.introspection.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(second) = introspecting.get(1) {
+            return Err(ConfigError::new(
+                format!("providers[{second}].introspection"),
+                "only one provider may introspect: opaque tokens name no issuer to choose by",
+            ));
+        }
+
         let clock_skew_s = self.clock_skew_s.unwrap_or(60);
         if clock_skew_s > 600 {
             return Err(ConfigError::new("clock_skew_s", "must be at most 600"));
@@ -412,6 +616,37 @@ impl RawConfig {
             }
         }
 
+        let mut fhir_base_urls = Vec::new();
+        for (i, u) in self.fhir_base_urls.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("fhir_base_urls[{i}]");
+            let u = u.trim_end_matches('/').to_string();
+            let parsed = HttpUri::parse(&u).map_err(|m| ConfigError::new(field.clone(), m))?;
+            if u.contains(['?', '#', '%', '\\']) || parsed.path.split('/').any(|s| s == "." || s == "..") {
+                return Err(ConfigError::new(
+                    field,
+                    "must be an absolute http(s) base like https://ehr.example/fhir (no query, dot segments or encoding)",
+                ));
+            }
+            fhir_base_urls.push(u);
+        }
+        let body_limit = |v: Option<usize>, default: usize, field: &str| {
+            let n = v.unwrap_or(default);
+            if !(1024..=64 * 1024 * 1024).contains(&n) {
+                return Err(ConfigError::new(field, "must be between 1024 and 67108864"));
+            }
+            Ok(n)
+        };
+        let max_request_body_bytes = body_limit(
+            self.max_request_body_bytes,
+            crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES,
+            "max_request_body_bytes",
+        )?;
+        let max_response_body_bytes = body_limit(
+            self.max_response_body_bytes,
+            crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            "max_response_body_bytes",
+        )?;
+
         Ok(Config {
             fhir_base,
             providers,
@@ -424,6 +659,118 @@ impl RawConfig {
             operations,
             smart_configuration: self.smart_configuration,
             mode: self.mode.unwrap_or_default(),
+            fhir_base_urls,
+            response_denial: self.response_denial.unwrap_or_default(),
+            max_request_body_bytes,
+            max_response_body_bytes,
+            body_checks: self.body_checks.unwrap_or(true),
+            audit: AuditConfig {
+                log: self.audit_log.unwrap_or(true),
+                audit_event: self.audit_event.map(|a| a.validate("audit_event")).transpose()?,
+            },
+            revocation: self
+                .revocation
+                .map(|r| r.validate("revocation"))
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Largest `audit_event.batch_size`.
+pub const MAX_AUDIT_BATCH: usize = 500;
+/// Largest `audit_event.max_queue`.
+pub const MAX_AUDIT_QUEUE: usize = 100_000;
+/// Largest number of entries in each configured revocation list.
+pub const MAX_REVOKED_ENTRIES: usize = 100_000;
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    v: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+    field: String,
+) -> Result<T, ConfigError> {
+    let n = v.unwrap_or(default);
+    if n < min || n > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn http_uri(v: Option<String>, field: String) -> Result<HttpUri, ConfigError> {
+    let uri = required(v, &field)?;
+    HttpUri::parse(&uri).map_err(|m| ConfigError::new(field, m))
+}
+
+impl RawAuditEvent {
+    fn validate(self, at: &str) -> Result<AuditEventSink, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let uri = http_uri(self.uri, f("uri"))?;
+        if uri.path.contains('?') {
+            return Err(ConfigError::new(f("uri"), "must be a FHIR base without a query"));
+        }
+        let batch_size = in_range(self.batch_size, 20, 1, MAX_AUDIT_BATCH, f("batch_size"))?;
+        let max_queue = in_range(self.max_queue, 1000, 1, MAX_AUDIT_QUEUE, f("max_queue"))?;
+        if max_queue < batch_size {
+            return Err(ConfigError::new(f("max_queue"), "must be at least batch_size"));
+        }
+        let observer = self.observer.unwrap_or_else(|| "smart-fhir-edge".to_string());
+        if observer.trim().is_empty() || observer.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                f("observer"),
+                "must be non-empty, without control characters",
+            ));
+        }
+        Ok(AuditEventSink {
+            uri,
+            cluster: cluster(self.cluster, f("cluster"))?,
+            batch_size,
+            flush_interval_ms: in_range(self.flush_interval_ms, 1000, 10, 600_000, f("flush_interval_ms"))?,
+            max_queue,
+            timeout_ms: timeout(self.timeout_ms, f("timeout_ms"))?,
+            observer,
+        })
+    }
+}
+
+fn revoked_list(v: Option<Vec<String>>, field: String) -> Result<Vec<String>, ConfigError> {
+    let list = v.unwrap_or_default();
+    if list.len() > MAX_REVOKED_ENTRIES {
+        return Err(ConfigError::new(
+            field,
+            format!("must list at most {MAX_REVOKED_ENTRIES} entries"),
+        ));
+    }
+    if let Some(i) = list.iter().position(|e| e.is_empty()) {
+        return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
+    }
+    Ok(list)
+}
+
+impl RawRevocation {
+    fn validate(self, at: &str) -> Result<RevocationConfig, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let refresh = match self.refresh {
+            None => None,
+            Some(r) => {
+                let g = |k: &str| format!("{at}.refresh.{k}");
+                Some(RevocationRefresh {
+                    uri: http_uri(r.uri, g("uri"))?,
+                    cluster: cluster(r.cluster, g("cluster"))?,
+                    interval_s: in_range(r.interval_s, 60, 1, 86_400, g("interval_s"))?,
+                    timeout_ms: timeout(r.timeout_ms, g("timeout_ms"))?,
+                })
+            }
+        };
+        Ok(RevocationConfig {
+            client_ids: revoked_list(self.client_ids, f("client_ids"))?,
+            subjects: revoked_list(self.subjects, f("subjects"))?,
+            jtis: revoked_list(self.jtis, f("jtis"))?,
+            refresh,
         })
     }
 }
@@ -540,13 +887,74 @@ impl RawProvider {
             ));
         }
 
+        let introspection = match self.introspection {
+            Some(i) => i.validate(&format!("{at}.introspection"))?,
+            None => None,
+        };
+
         Ok(Provider {
             issuer,
             audiences,
             keys,
             algorithms,
             max_lifetime_s: self.max_lifetime_s,
+            introspection,
         })
+    }
+}
+
+impl RawIntrospection {
+    /// `None` when the mode is `off`.
+    fn validate(self, at: &str) -> Result<Option<Introspection>, ConfigError> {
+        let f = |k: &str| format!("{at}.{k}");
+        let mode = required(self.mode, &f("mode"))?;
+        if mode == IntrospectionMode::Off {
+            return Ok(None);
+        }
+        let endpoint = required(self.endpoint, &f("endpoint"))?;
+        let endpoint = HttpUri::parse(&endpoint).map_err(|m| ConfigError::new(f("endpoint"), m))?;
+        let auth = required(self.client_auth, &f("client_auth"))?;
+        let non_empty = |v: Option<String>, k: &str| -> Result<String, ConfigError> {
+            match v {
+                Some(s) if !s.is_empty() && !s.chars().any(char::is_control) => Ok(s),
+                _ => Err(ConfigError::new(
+                    f(&format!("client_auth.{k}")),
+                    "is required and must not be empty",
+                )),
+            }
+        };
+        let client_auth = match auth.method.as_deref() {
+            Some("client_secret_basic") => ClientAuth::ClientSecretBasic {
+                client_id: non_empty(auth.client_id, "client_id")?,
+                client_secret: non_empty(auth.client_secret, "client_secret")?,
+            },
+            Some("bearer") => ClientAuth::Bearer {
+                token: non_empty(auth.token, "token")?,
+            },
+            _ => {
+                return Err(ConfigError::new(
+                    f("client_auth.method"),
+                    "must be client_secret_basic or bearer",
+                ))
+            }
+        };
+        let max_entries = self.max_entries.unwrap_or(10_000);
+        if max_entries == 0 || max_entries > 1_000_000 {
+            return Err(ConfigError::new(
+                f("max_entries"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(Some(Introspection {
+            endpoint,
+            cluster: cluster(self.cluster, f("cluster"))?,
+            timeout_ms: timeout(self.timeout_ms, f("timeout_ms"))?,
+            mode,
+            client_auth,
+            max_cache_s: positive(self.max_cache_s, 60, f("max_cache_s"))?,
+            negative_cache_s: positive(self.negative_cache_s, 10, f("negative_cache_s"))?,
+            max_entries,
+        }))
     }
 }
 
@@ -661,7 +1069,9 @@ mod tests {
             }),
             ("providers", |v| v["providers"] = serde_json::json!([])),
             ("surprise", |v| v["surprise"] = 1.into()),
-            ("shoe_size", |v| v["providers"][0]["shoe_size"] = 1.into()),
+            ("providers[0].shoe_size", |v| {
+                v["providers"][0]["shoe_size"] = 1.into()
+            }),
             ("providers[0].issuer", |v| {
                 v["providers"][0]["issuer"] = "idp".into()
             }),
@@ -712,16 +1122,53 @@ mod tests {
             ("smart_configuration", |v| {
                 v["smart_configuration"] = serde_json::json!([1])
             }),
+            ("fhir_base_urls[0]", |v| {
+                v["fhir_base_urls"] = serde_json::json!(["https://ehr.example/fhir?x=1"])
+            }),
+            ("max_request_body_bytes", |v| {
+                v["max_request_body_bytes"] = 10.into()
+            }),
+            ("max_response_body_bytes", |v| {
+                v["max_response_body_bytes"] = (u64::MAX).into()
+            }),
+            ("response_denial", |v| v["response_denial"] = "hide".into()),
+            ("body_checks", |v| v["body_checks"] = "yes".into()),
         ];
         for (field, edit) in cases {
             let mut v = minimal();
             edit(&mut v);
             let err = parse(&v).expect_err(field);
-            assert!(
-                err.field == *field || err.to_string().contains(field),
+            assert_eq!(
+                err.field, *field,
                 "expected an error naming `{field}`, got: {err}"
             );
         }
+    }
+
+    #[test]
+    fn body_checks_default_on_with_bounded_buffers() {
+        let c = parse(&minimal()).unwrap();
+        assert!(c.body_checks);
+        assert_eq!(
+            c.max_request_body_bytes,
+            crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES
+        );
+        assert_eq!(
+            c.max_response_body_bytes,
+            crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES
+        );
+        assert_eq!(c.response_denial, ResponseDenial::Forbidden);
+        assert!(c.fhir_base_urls.is_empty());
+        let mut v = minimal();
+        v["body_checks"] = false.into();
+        v["response_denial"] = "not-found".into();
+        v["fhir_base_urls"] = serde_json::json!(["https://ehr.example/fhir/"]);
+        v["max_request_body_bytes"] = 4096.into();
+        let c = parse(&v).unwrap();
+        assert!(!c.body_checks);
+        assert_eq!(c.response_denial, ResponseDenial::NotFound);
+        assert_eq!(c.fhir_base_urls, vec!["https://ehr.example/fhir".to_string()]);
+        assert_eq!(c.max_request_body_bytes, 4096);
     }
 
     #[test]
@@ -773,6 +1220,121 @@ mod tests {
         for bad in ["h/p", "https://", "https://u@h/", "https://h/a b", "file:///x"] {
             assert!(HttpUri::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn audit_outputs_default_to_the_log_line_only() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(
+            c.audit,
+            AuditConfig {
+                log: true,
+                audit_event: None
+            }
+        );
+        let mut v = minimal();
+        v["audit_log"] = false.into();
+        v["audit_event"] = serde_json::json!({"uri": "http://audit.example.org/fhir", "cluster": "audit"});
+        let c = parse(&v).unwrap();
+        assert!(!c.audit.log);
+        let sink = c.audit.audit_event.unwrap();
+        assert_eq!(
+            (
+                sink.batch_size,
+                sink.flush_interval_ms,
+                sink.max_queue,
+                sink.timeout_ms
+            ),
+            (20, 1000, 1000, 2000)
+        );
+        assert_eq!(sink.observer, "smart-fhir-edge");
+        assert_eq!(sink.uri.path, "/fhir");
+    }
+
+    #[test]
+    fn refuses_bad_audit_event_settings_naming_the_field() {
+        let cases = [
+            ("audit_event.uri", serde_json::json!({"cluster": "a"})),
+            (
+                "audit_event.uri",
+                serde_json::json!({"uri": "http://h/fhir?x=1", "cluster": "a"}),
+            ),
+            ("audit_event.cluster", serde_json::json!({"uri": "http://h/fhir"})),
+            (
+                "audit_event.batch_size",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "batch_size": 0}),
+            ),
+            (
+                "audit_event.max_queue",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "batch_size": 50, "max_queue": 10}),
+            ),
+            (
+                "audit_event.flush_interval_ms",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "flush_interval_ms": 1}),
+            ),
+            (
+                "audit_event.observer",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "observer": " "}),
+            ),
+            (
+                "audit_event.extra",
+                serde_json::json!({"uri": "http://h/", "cluster": "a", "extra": 1}),
+            ),
+        ];
+        for (field, sink) in cases {
+            let mut v = minimal();
+            v["audit_event"] = sink;
+            assert_eq!(parse(&v).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn introspection_is_validated_naming_the_field() {
+        let good = serde_json::json!({"endpoint": "https://idp.example.org/introspect", "cluster": "idp",
+            "mode": "opaque", "client_auth": {"method": "client_secret_basic", "client_id": "gw", "client_secret": "s"}});
+        let mut v = minimal();
+        v["providers"][0]["introspection"] = good.clone();
+        let c = parse(&v).unwrap();
+        let i = c.providers[0].introspection.as_ref().unwrap();
+        assert_eq!((i.max_cache_s, i.negative_cache_s, i.timeout_ms), (60, 10, 2000));
+        let mut off = minimal();
+        off["providers"][0]["introspection"] = serde_json::json!({"mode": "off"});
+        assert!(parse(&off).unwrap().providers[0].introspection.is_none());
+        type Edit = fn(&mut serde_json::Value);
+        let cases: &[(&str, Edit)] = &[
+            ("providers[0].introspection.mode", |i| {
+                i["mode"] = "sometimes".into()
+            }),
+            ("providers[0].introspection.endpoint", |i| {
+                i["endpoint"] = "idp/introspect".into()
+            }),
+            ("providers[0].introspection.cluster", |i| i["cluster"] = "".into()),
+            ("providers[0].introspection.client_auth.method", |i| {
+                i["client_auth"]["method"] = "mtls".into()
+            }),
+            ("providers[0].introspection.client_auth.client_secret", |i| {
+                i["client_auth"].as_object_mut().unwrap().remove("client_secret");
+            }),
+            ("providers[0].introspection.client_auth.token", |i| {
+                i["client_auth"] = serde_json::json!({"method": "bearer"})
+            }),
+            ("providers[0].introspection.max_cache_s", |i| {
+                i["max_cache_s"] = 0.into()
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut i = good.clone();
+            edit(&mut i);
+            let mut v = minimal();
+            v["providers"][0]["introspection"] = i;
+            assert_eq!(parse(&v).unwrap_err().field, *field);
+        }
+        let mut two = minimal();
+        two["providers"][0]["introspection"] = good.clone();
+        let mut second = two["providers"][0].clone();
+        second["issuer"] = "https://other.example.org".into();
+        two["providers"].as_array_mut().unwrap().push(second);
+        assert_eq!(parse(&two).unwrap_err().field, "providers[1].introspection");
     }
 
     #[test]

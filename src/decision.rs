@@ -7,8 +7,10 @@
 //!
 //! 1. method and method-override headers;
 //! 2. public paths (GET/HEAD only) and the filter's own `.well-known/smart-configuration`;
-//! 3. the bearer token (RFC 6750), verified against its issuer's keys;
-//! 4. FHIR classification of method + path + query;
+//! 3. the bearer token (RFC 6750), verified against its issuer's keys (or found in the verified-token
+//!    cache), then checked against the revocation list (the kill switch);
+//! 4. FHIR classification of method + path + query (classified up front for the audit record, but
+//!    a classification error is only answered after the token checks);
 //! 5. SMART authorization (scopes, patient context);
 //! 6. on allow, the verified facts forwarded as `x-smart-*` headers (inbound ones are always removed).
 
@@ -21,6 +23,7 @@ use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
 use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
 use crate::jwks::KeySet;
+use crate::revocation::Revocation;
 use crate::scope::GrantedScopes;
 use crate::token::{self, KeyLookup, SignatureVerifier, TokenError};
 use crate::token_cache::{CachedToken, TokenCache};
@@ -94,6 +97,22 @@ pub struct Allowed {
     /// A new `:path` (a patient constraint appended), when the query changes.
     pub new_path: Option<String>,
     pub facts: Facts,
+    /// Body checks still to run (only when [`Engine::set_body_checks`] enabled them): the request
+    /// body before forwarding, the response body before passing it on.
+    pub pending: Option<Box<Pending>>,
+}
+
+/// What an allowed request still owes the edge: the checks and what they decide with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The classified request (a form search merges its URL query with the body).
+    pub request: fhir::FhirRequest,
+    /// Read the request body and check it ([`Engine::check_request_body`]) before forwarding.
+    pub body_check: Option<crate::body::BodyCheck>,
+    /// Read the response body and check it ([`Engine::check_response_body`]).
+    pub response_check: Option<crate::body::ResponseCheck>,
+    pub claims: Rc<VerifiedClaims>,
+    pub granted: GrantedScopes,
 }
 
 /// A local answer the filter owns (not an error): the SMART configuration document.
@@ -125,6 +144,10 @@ pub struct Engine {
     config: Rc<Config>,
     keys: KeyManager<KeySet>,
     cache: TokenCache,
+    /// Whether the adapter reads bodies for the checks authorization asks for. Until it does,
+    /// requests that need them are refused as before (fail closed).
+    body_checks: bool,
+    revocation: Revocation,
 }
 
 impl KeyLookup for KeyManager<KeySet> {
@@ -140,12 +163,65 @@ fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
 impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
+        // The introspection block is parsed and validated, but the request path does not call
+        // the endpoint yet: refuse it rather than accept a setting that would not be honoured.
+        if let Some(i) = config.providers.iter().position(|p| p.introspection.is_some()) {
+            return Err(ConfigError::new(
+                format!("providers[{i}].introspection"),
+                "token introspection is not supported by this version yet",
+            ));
+        }
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
+        let revocation = Revocation::new(&config.revocation, owner);
         Ok(Engine {
             config: Rc::new(config),
             keys,
             cache: TokenCache::default(),
+            body_checks: false,
+            revocation,
         })
+    }
+
+    /// Enables the body-aware decisions: the adapter promises to act on [`Allowed::pending`]
+    /// (buffer and check request and response bodies). Off by default: such requests are refused.
+    pub fn set_body_checks(&mut self, enabled: bool) {
+        self.body_checks = enabled;
+    }
+
+    /// Checks a request body a [`Pending`] asked for: what still applies, or the denial.
+    pub fn check_request_body(
+        &self,
+        pending: &Pending,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<crate::body::BodyAllowed, Denial> {
+        match &pending.body_check {
+            Some(check) => crate::body::check_request(
+                &pending.request,
+                check,
+                content_type,
+                body,
+                &pending.claims,
+                &pending.granted,
+                &self.config,
+            ),
+            None => Ok(crate::body::BodyAllowed {
+                append_query: None,
+                response_check: pending.response_check.clone(),
+            }),
+        }
+    }
+
+    /// Checks a response body against a response check.
+    pub fn check_response_body(
+        &self,
+        check: &crate::body::ResponseCheck,
+        granted: &GrantedScopes,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> crate::body::ResponseVerdict {
+        crate::body::check_response(check, status, content_type, body, granted, &self.config)
     }
 
     pub fn config(&self) -> &Rc<Config> {
@@ -162,6 +238,14 @@ impl Engine {
 
     pub fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+
+    pub fn revocation(&self) -> &Revocation {
+        &self.revocation
+    }
+
+    pub fn revocation_mut(&mut self) -> &mut Revocation {
+        &mut self.revocation
     }
 
     /// Decides one request. `may_wait` is false when deciding again after a wait: the request is
@@ -203,6 +287,16 @@ impl Engine {
             }
         }
 
+        // Classified now so that every record names the interaction; a classification error is
+        // answered after the token checks (step 4), as before.
+        let classified = fhir::classify(req.method, req.path, &config.fhir_base);
+        if let Ok(request) = &classified {
+            facts.interaction = Some(request.interaction.kind());
+            facts.resource_type = request.interaction.resource_type().map(str::to_string);
+            facts.resource_id = resource_id(&request.interaction);
+            facts.search_params = request.query.params.iter().map(|p| p.name.clone()).collect();
+        }
+
         // 2. Public paths and the filter's own SMART configuration.
         let (path, query) = match req.path.split_once('?') {
             Some((p, q)) => (p, q),
@@ -228,6 +322,7 @@ impl Engine {
                     set_headers: Rc::from(Vec::new()),
                     new_path: None,
                     facts,
+                    pending: None,
                 });
             }
         }
@@ -254,7 +349,7 @@ impl Engine {
             match token::verify(token, config, &self.keys, now_s, verifier) {
                 Ok(claims) => {
                     let granted = GrantedScopes::parse(&claims.scopes);
-                    let forwarded = forwarded_headers(&claims);
+                    let forwarded = Rc::from(verified_headers(&claims));
                     let entry = Rc::new(CachedToken {
                         claims: Rc::new(claims),
                         granted,
@@ -289,16 +384,16 @@ impl Engine {
         };
         let claims = entry.claims.clone();
         facts.claims = Some(claims.clone());
+        // The kill switch, on every request (cache hits included).
+        if self.revocation.check(&claims).is_some() {
+            return deny(Denial::InvalidToken(TokenReason::Revoked), facts);
+        }
 
         // 4. Which FHIR interaction.
-        let request = match fhir::classify(req.method, req.path, &config.fhir_base) {
+        let request = match classified {
             Ok(r) => r,
             Err(e) => return deny(classify_denial(&e), facts),
         };
-        facts.interaction = Some(request.interaction.kind());
-        facts.resource_type = request.interaction.resource_type().map(str::to_string);
-        facts.resource_id = resource_id(&request.interaction);
-        facts.search_params = request.query.params.iter().map(|p| p.name.clone()).collect();
 
         // 5. SMART authorization.
         let conditional_create = matches!(request.interaction, Interaction::Create { .. })
@@ -309,26 +404,63 @@ impl Engine {
             Err(f) => return deny(f.to_denial(), facts),
         };
         facts.allowed_by = authorized.context.map(|c| c.as_str());
+        if method == fhir::Method::Head && authorized.response_check.is_some() {
+            // A HEAD response carries no body to check, and its status alone would tell whether a
+            // resource outside the grant exists.
+            return deny(
+                Denial::Forbidden {
+                    reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                    scope: None,
+                    detail: format!(
+                        "HEAD {}: the response decides for this token; use GET",
+                        request.interaction.kind()
+                    ),
+                },
+                facts,
+            );
+        }
+        if authorized.needs_body() && !self.body_checks {
+            return deny(
+                Denial::Forbidden {
+                    reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                    scope: None,
+                    detail: format!(
+                        "{}: the body decides for this token, and body checks are not enabled",
+                        request.interaction.kind()
+                    ),
+                },
+                facts,
+            );
+        }
 
-        // 6. Forward the verified facts (built once per token: see `forwarded_headers`).
+        // 6. Forward the verified facts (built once per token, when it verified).
         let set_headers = entry.forwarded.clone();
         // The constrained query is re-encoded whole, so the upstream reads exactly what was judged.
-        let new_path = authorized.append_query.as_ref().map(|(name, value)| {
-            let mut q = request.query.clone();
-            q.push(fhir::SearchParam::new(name, &[value.as_str()]));
-            format!("{path}?{}", q.to_query_string())
+        let new_path = authorized
+            .append_query
+            .as_ref()
+            .map(|param| path_with_param(path, &request.query, param));
+        let pending = authorized.needs_body().then(|| {
+            Box::new(Pending {
+                request: request.clone(),
+                body_check: authorized.body_check.clone(),
+                response_check: authorized.response_check.clone(),
+                claims: claims.clone(),
+                granted: entry.granted.clone(),
+            })
         });
         Decision::Allow(Allowed {
             set_headers,
             new_path,
             facts,
+            pending,
         })
     }
 }
 
-/// The `x-smart-*` headers a token's claims forward upstream, values with control characters left
-/// out.
-fn forwarded_headers(claims: &VerifiedClaims) -> Rc<[(&'static str, String)]> {
+/// The `x-smart-*` headers that forward a verified token's facts upstream (values with control
+/// characters are left out).
+pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> {
     let mut set_headers = Vec::with_capacity(6);
     if let Some(p) = &claims.patient {
         set_headers.push(("x-smart-patient", p.clone()));
@@ -347,7 +479,15 @@ fn forwarded_headers(claims: &VerifiedClaims) -> Rc<[(&'static str, String)]> {
         set_headers.push(("x-smart-encounter", e.clone()));
     }
     set_headers.retain(|(_, v)| is_header_value_safe(v));
-    Rc::from(set_headers)
+    set_headers
+}
+
+/// The `:path` to forward: `path` (without query) and the classified `query` with `(name, value)`
+/// appended, re-encoded whole so that the upstream reads exactly what was judged.
+pub fn path_with_param(path: &str, query: &fhir::Query, (name, value): &(String, String)) -> String {
+    let mut q = query.clone();
+    q.push(fhir::SearchParam::new(name, &[value.as_str()]));
+    format!("{path}?{}", q.to_query_string())
 }
 
 /// Header values forwarded upstream must not carry control characters (header injection).
@@ -391,5 +531,220 @@ pub fn classify_denial(e: &ClassifyError) -> Denial {
             "This method is not allowed on this FHIR path",
         ),
         ClassifyError::UnsupportedPath(what) => b(RequestReason::UnsupportedPath, what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::jwks::cache::{CasMismatch, FetchAnswer};
+    use crate::token::test_support::{self, Signer, AUD, ISS, NOW};
+    use crate::token::{Algorithm, JwtSimpleVerifier};
+
+    #[derive(Default)]
+    struct Store(HashMap<String, (Vec<u8>, u32)>, u32);
+
+    impl SharedStore for Store {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.0
+                .get(key)
+                .map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c)))
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+            if let (Some((_, cur)), Some(c)) = (self.0.get(key), cas) {
+                if *cur != c {
+                    return Err(CasMismatch);
+                }
+            }
+            self.1 += 1;
+            self.0.insert(key.to_string(), (value.to_vec(), self.1));
+            Ok(())
+        }
+    }
+
+    fn engine(revocation: serde_json::Value) -> Engine {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({
+            "fhir_base": "/fhir",
+            "providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks}],
+            "revocation": revocation,
+        });
+        let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
+        e.set_body_checks(true);
+        e
+    }
+
+    #[test]
+    fn an_introspection_block_is_refused_until_it_is_honoured() {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
+            "introspection": {"mode": "always", "endpoint": "https://idp.example.org/introspect", "cluster": "idp",
+                              "client_auth": {"method": "bearer", "token": "t"}}}]});
+        let err = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0")
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "providers[0].introspection");
+    }
+
+    fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut c = test_support::good_claims();
+        edit(&mut c);
+        test_support::mint(Algorithm::ES256, Signer::P256, &c)
+    }
+
+    fn decide(e: &mut Engine, path: &str, token: Option<&str>) -> Decision {
+        let mut headers = vec![("x-request-id".to_string(), "r1".to_string())];
+        if let Some(t) = token {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
+        }
+        let req = RequestFacts {
+            method: "GET",
+            path,
+            headers: &headers,
+        };
+        e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false)
+    }
+
+    fn is_revoked(d: &Decision) -> bool {
+        matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Revoked), _))
+    }
+
+    #[test]
+    fn refuses_revoked_clients_subjects_and_token_ids_after_verification() {
+        let mut e = engine(json!({"client_ids": ["bad-app"], "subjects": ["mallory"], "jtis": ["leaked"]}));
+        let path = "/fhir/Observation?patient=123";
+        let table = [
+            (token(|_| {}), false),
+            (token(|c| c["client_id"] = json!("bad-app")), true),
+            (token(|c| c["sub"] = json!("mallory")), true),
+            (token(|c| c["jti"] = json!("leaked")), true),
+        ];
+        for (t, revoked) in table {
+            let d = decide(&mut e, path, Some(&t));
+            assert_eq!(is_revoked(&d), revoked, "{d:?}");
+            if let Decision::Deny(_, facts) = &d {
+                assert!(facts.claims.is_some(), "the audit names who was refused");
+                assert_eq!(facts.interaction, Some("search-type"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_its_client_is_revoked_by_a_refresh() {
+        let mut e = engine(json!({"refresh": {"uri": "http://lists.example.org/r", "cluster": "lists"}}));
+        let t = token(|_| {});
+        let path = "/fhir/Observation?patient=123";
+        assert!(matches!(decide(&mut e, path, Some(&t)), Decision::Allow(a) if !a.facts.cache_hit));
+        assert!(matches!(decide(&mut e, path, Some(&t)), Decision::Allow(a) if a.facts.cache_hit));
+        let mut store = Store::default();
+        let (req, _) = e.revocation_mut().poll(NOW * 1000, &mut store);
+        assert!(req.is_some());
+        let list = FetchAnswer::Response {
+            status: 200,
+            body: br#"{"client_ids": ["app-1"]}"#.to_vec(),
+        };
+        e.revocation_mut().on_answer(list, NOW * 1000, &mut store);
+        let d = decide(&mut e, path, Some(&t));
+        assert!(is_revoked(&d), "{d:?}");
+        assert!(
+            matches!(&d, Decision::Deny(_, f) if f.cache_hit),
+            "refused on a cache hit"
+        );
+    }
+
+    #[test]
+    fn records_the_interaction_even_when_the_token_is_missing() {
+        let mut e = engine(json!({}));
+        match decide(&mut e, "/fhir/Patient/123?_elements=name", None) {
+            Decision::Deny(Denial::MissingToken, f) => {
+                assert_eq!(f.interaction, Some("read"));
+                assert_eq!(f.resource_type.as_deref(), Some("Patient"));
+                assert_eq!(f.resource_id.as_deref(), Some("123"));
+                assert_eq!(f.search_params, vec!["_elements".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A path that cannot be classified is still refused for its token first.
+        let d = decide(&mut e, "/fhir/NotAType/1", None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::MissingToken, f) if f.interaction.is_none()),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_head_when_the_response_decides() {
+        let mut e = engine(json!({}));
+        let t = token(|_| {});
+        let head = |e: &mut Engine, path: &str| {
+            let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+            let req = RequestFacts {
+                method: "HEAD",
+                path,
+                headers: &headers,
+            };
+            e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false)
+        };
+        for path in ["/fhir/Observation/o2", "/fhir/Observation?patient=123"] {
+            let d = head(&mut e, path);
+            assert!(
+                matches!(
+                    &d,
+                    Decision::Deny(
+                        Denial::Forbidden {
+                            reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                            ..
+                        },
+                        _
+                    )
+                ),
+                "{path}: {d:?}"
+            );
+        }
+        // The patient's own record needs no response check: HEAD is answered.
+        let mut claims = test_support::good_claims();
+        claims["scope"] = json!("patient/Patient.rs");
+        let t = test_support::mint(Algorithm::ES256, Signer::P256, &claims);
+        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let req = RequestFacts {
+            method: "HEAD",
+            path: "/fhir/Patient/123",
+            headers: &headers,
+        };
+        let d = e.decide(&req, NOW * 1000, &mut Store::default(), &JwtSimpleVerifier, false);
+        assert!(matches!(d, Decision::Allow(_)), "{d:?}");
+    }
+
+    #[test]
+    fn refuses_requests_that_need_body_checks_until_they_are_enabled() {
+        let mut e = engine(json!({}));
+        let t = token(|_| {});
+        let path = "/fhir/Observation?patient=123";
+        match decide(&mut e, path, Some(&t)) {
+            Decision::Allow(a) => assert!(
+                a.pending.as_ref().is_some_and(|p| p.response_check.is_some()),
+                "{a:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        e.set_body_checks(false);
+        let d = decide(&mut e, path, Some(&t));
+        assert!(
+            matches!(
+                &d,
+                Decision::Deny(
+                    Denial::Forbidden {
+                        reason: crate::denial::ForbiddenReason::NotEnforceableAtEdge,
+                        ..
+                    },
+                    _
+                )
+            ),
+            "{d:?}"
+        );
     }
 }

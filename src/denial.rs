@@ -5,7 +5,7 @@
 //! The mapping is a single `match` with no catch-all arm: a new reason does not compile until it
 //! has its row. The README's denial table is this table.
 
-use crate::outcome::{IssueSeverity, IssueType};
+use crate::outcome::{Issue, IssueSeverity, IssueType, OperationOutcome};
 
 /// Why a token was refused (RFC 6750 `invalid_token`, HTTP 401 unless noted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,14 @@ pub enum Denial {
     },
     /// The request is not a readable FHIR interaction.
     BadRequest(RequestReason, &'static str),
+    /// Entries of a batch/transaction Bundle were refused: each entry's index and its denial. The
+    /// whole Bundle is refused (403, or 400 when an entry is refused for another reason).
+    BundleEntries(Vec<(usize, Denial)>),
+    /// A response outside the grant answered as not found (`response_denial: not-found`).
+    Withheld,
+    /// A response the edge must check could not be read (not FHIR JSON, too large, not what was
+    /// asked for): withheld.
+    ResponseUnverifiable(&'static str),
     /// An internal failure of the filter (fails closed).
     Internal,
 }
@@ -313,6 +321,43 @@ impl Denial {
                     reason_code,
                 }
             }
+            Denial::BundleEntries(entries) => {
+                let all_forbidden = entries.iter().all(|(_, d)| d.reply(realm).status == 403);
+                let (status, code) = if all_forbidden {
+                    (403, IssueType::Forbidden)
+                } else {
+                    (400, IssueType::Invalid)
+                };
+                let lead = "Entries of the Bundle were refused";
+                Reply {
+                    status,
+                    www_authenticate: all_forbidden
+                        .then(|| bearer(realm, Some(("insufficient_scope", lead)), None)),
+                    retry_after: None,
+                    severity: IssueSeverity::Error,
+                    code,
+                    diagnostics: format!("{lead}: {} of them (see each entry's issue)", entries.len()),
+                    reason_code: "bundle_entries_refused",
+                }
+            }
+            Denial::Withheld => Reply {
+                status: 404,
+                www_authenticate: None,
+                retry_after: None,
+                severity: IssueSeverity::Error,
+                code: IssueType::NotFound,
+                diagnostics: "The resource was not found".into(),
+                reason_code: "withheld_not_found",
+            },
+            Denial::ResponseUnverifiable(detail) => Reply {
+                status: 502,
+                www_authenticate: None,
+                retry_after: None,
+                severity: IssueSeverity::Error,
+                code: IssueType::Processing,
+                diagnostics: format!("The response was withheld: {detail}"),
+                reason_code: "response_unverifiable",
+            },
             Denial::Internal => Reply {
                 status: 500,
                 www_authenticate: None,
@@ -323,6 +368,122 @@ impl Denial {
                 reason_code: "internal",
             },
         }
+    }
+}
+
+impl Denial {
+    /// The OperationOutcome this denial answers with: one issue, or for [`Denial::BundleEntries`]
+    /// one issue per refused entry (`expression` `Bundle.entry[i]`).
+    pub fn outcome(&self, realm: &str) -> OperationOutcome {
+        match self {
+            Denial::BundleEntries(entries) => OperationOutcome {
+                issues: entries
+                    .iter()
+                    .map(|(i, d)| {
+                        let r = d.reply(realm);
+                        Issue {
+                            severity: r.severity,
+                            code: r.code,
+                            diagnostics: r.diagnostics,
+                            expression: Some(format!("Bundle.entry[{i}]")),
+                        }
+                    })
+                    .collect(),
+                request_id: None,
+            },
+            _ => {
+                let r = self.reply(realm);
+                OperationOutcome::single(r.severity, r.code, r.diagnostics)
+            }
+        }
+    }
+
+    /// One denial of every kind (every token, request and authorization reason), for the
+    /// documentation table and its test.
+    pub fn every_kind() -> Vec<Denial> {
+        use ForbiddenReason as F;
+        use RequestReason as R;
+        use TokenReason as T;
+        let mut all = vec![Denial::MissingToken, Denial::InvalidRequest("see diagnostics")];
+        for t in [
+            T::TooLarge,
+            T::Malformed,
+            T::AlgorithmNotAllowed,
+            T::UnsupportedHeader,
+            T::UnknownIssuer,
+            T::UnknownKey,
+            T::BadSignature,
+            T::Expired,
+            T::NotYetValid,
+            T::IssuedInFuture,
+            T::LifetimeTooLong,
+            T::WrongAudience,
+            T::MissingClaim,
+            T::Revoked,
+        ] {
+            all.push(Denial::InvalidToken(t));
+        }
+        all.push(Denial::KeysUnavailable);
+        for f in [
+            F::InsufficientScope,
+            F::PatientContextMissing,
+            F::OutsidePatientCompartment,
+            F::NotEnforceableAtEdge,
+            F::OperationNotAllowed,
+        ] {
+            all.push(Denial::Forbidden {
+                reason: f,
+                scope: Some("patient/Observation.rs".into()),
+                detail: String::new(),
+            });
+        }
+        for r in [
+            R::Malformed,
+            R::OutsideBase,
+            R::UnknownResourceType,
+            R::UnsupportedPath,
+            R::MethodNotAllowed,
+            R::MethodOverride,
+            R::UriTooLong,
+            R::BodyTooLarge,
+        ] {
+            all.push(Denial::BadRequest(r, "see diagnostics"));
+        }
+        all.push(Denial::BundleEntries(vec![(
+            0,
+            Denial::Forbidden {
+                reason: F::OutsidePatientCompartment,
+                scope: None,
+                detail: String::new(),
+            },
+        )]));
+        all.push(Denial::Withheld);
+        all.push(Denial::ResponseUnverifiable("see diagnostics"));
+        all.push(Denial::Internal);
+        all
+    }
+
+    /// The README row of this denial: `| reason | status | WWW-Authenticate error | issue.code |`.
+    pub fn table_row(&self) -> String {
+        let r = self.reply("smart-fhir-edge");
+        let error = match &r.www_authenticate {
+            Some(w) => match w.split("error=\"").nth(1).and_then(|rest| rest.split('"').next()) {
+                Some(e) => format!("`Bearer` `{e}`"),
+                None => "`Bearer realm`".to_string(),
+            },
+            None => "-".to_string(),
+        };
+        let retry = if r.retry_after.is_some() {
+            " + `Retry-After`"
+        } else {
+            ""
+        };
+        format!(
+            "| `{}` | {} | {error}{retry} | `{}` |",
+            r.reason_code,
+            r.status,
+            r.code.code()
+        )
     }
 }
 
@@ -390,6 +551,23 @@ mod tests {
             )
         );
         assert_eq!(r.diagnostics, "Insufficient scope: read of Observation needs r");
+    }
+
+    #[test]
+    fn the_readme_documents_every_denial() {
+        let readme = include_str!("../README.md");
+        let mut missing = Vec::new();
+        for d in Denial::every_kind() {
+            let row = d.table_row();
+            if !readme.contains(&row) {
+                missing.push(row);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README.md lacks these denial rows:\n{}",
+            missing.join("\n")
+        );
     }
 
     #[test]

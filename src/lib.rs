@@ -8,14 +8,20 @@
 //! * [`adapter`] is the only code that calls the proxy-wasm host (Envoy). It turns host events into
 //!   core calls and core decisions into host actions.
 
+pub mod audit;
+pub mod audit_event;
 pub mod authz;
+pub mod body;
 pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod fhir;
+pub mod introspection;
 pub mod jwks;
+pub mod metrics;
 pub mod outcome;
+pub mod revocation;
 pub mod scope;
 pub mod token;
 pub mod token_cache;

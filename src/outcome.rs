@@ -5,7 +5,6 @@
 //! responses that did not come from a FHIR server: Envoy's local replies (no healthy upstream,
 //! timeouts, rate limits, RBAC, buffer and header limits) and upstream errors in text or HTML.
 
-
 /// R4 `IssueSeverity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueSeverity {
@@ -384,7 +383,10 @@ mod tests {
         let mut o = OperationOutcome::single(IssueSeverity::Error, IssueType::Invalid, "a \"quoted\"\nline");
         o.issues[0].expression = Some("Bundle.entry[0]".into());
         let text = o.to_json();
-        assert!(text.starts_with("{\"resourceType\":\"OperationOutcome\""), "{text}");
+        assert!(
+            text.starts_with("{\"resourceType\":\"OperationOutcome\""),
+            "{text}"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["issue"][0]["diagnostics"], "a \"quoted\"\nline");
         assert_eq!(v["issue"][0]["expression"][0], "Bundle.entry[0]");

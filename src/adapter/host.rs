@@ -5,9 +5,10 @@
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
 use crate::jwks::cache::{CasMismatch, SharedStore};
+use crate::metrics::{MetricHost, MetricKind};
 
 /// Milliseconds since the Unix epoch, from the host clock (0 if the host cannot tell, which makes
 /// every token look expired: fail closed).
@@ -16,6 +17,65 @@ pub fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Microseconds since the Unix epoch from the host clock (for durations; 0 if the host cannot tell).
+pub fn now_us() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Envoy's stats, through proxy-wasm metrics.
+pub struct HostMetrics;
+
+impl MetricHost for HostMetrics {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        match hostcalls::define_metric(t, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                log::warn!("smart-fhir-edge: cannot define metric {name}: {status:?}");
+                None
+            }
+        }
+    }
+
+    fn increment(&mut self, id: u32, delta: u64) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// Sets a filter-state property of the current stream (Envoy stores it as `wasm.<name>`).
+pub fn set_filter_state(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+        log::debug!("smart-fhir-edge: cannot set filter state {name}: {status:?}");
+    }
+}
+
+/// Dispatches an HTTP callout through a cluster; the token identifies the answer.
+pub fn dispatch(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        body,
+        vec![],
+        std::time::Duration::from_millis(timeout_ms),
+    )
 }
 
 /// Envoy's shared data, scoped to this plugin's VM id.
@@ -62,6 +122,13 @@ pub fn property(path: &[&str]) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// An integer property (Envoy encodes them as 8 little-endian bytes).
+pub fn property_int(path: &[&str]) -> Option<i64> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let raw: [u8; 8] = bytes.as_slice().try_into().ok()?;
+    Some(i64::from_le_bytes(raw))
 }
 
 pub fn request_headers() -> Vec<(String, String)> {

@@ -1,4 +1,5 @@
-//! The root context of a VM: configuration, key fetching on ticks, and requests waiting for keys.
+//! The root context of a VM: configuration, key fetching on ticks, requests waiting for keys, the
+//! revocation-list refresh, the AuditEvent batches, and the VM's metrics.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,19 +10,20 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
-use super::host::{self, HostSharedData};
+use super::host::{self, HostMetrics, HostSharedData};
 use super::http::{Stream, StreamState};
+use crate::audit_event::{refused_entries, AuditQueue, SendResult};
 use crate::config::Config;
 use crate::decision::Engine;
 use crate::jwks::cache::{FetchAnswer, FetchOutcome, FetchRequest, MAX_DOCUMENT_BYTES};
+use crate::metrics::{self, Metrics};
+use crate::revocation::{RefreshOutcome, RefreshRequest, MAX_LIST_BYTES};
+
+/// Largest batch-response read to count refused entries (bytes).
+const MAX_BATCH_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Tick period: how often keys are polled and waiting requests are looked at.
 const TICK: Duration = Duration::from_millis(100);
-
-/// Gauge (Envoy: `wasmcustom.smart_fhir_edge.vm_memory_max_bytes`): the largest linear memory of
-/// this plugin's VMs, in bytes. Each VM raises it to its own size on every tick (linear memory
-/// never shrinks, so it is a high-water mark).
-const MEMORY_GAUGE: &str = "smart_fhir_edge.vm_memory_max_bytes";
 
 /// The size of this VM's linear memory, in bytes.
 fn linear_memory_bytes() -> u64 {
@@ -44,14 +46,30 @@ pub struct Waiter {
     pub deadline_ms: u64,
 }
 
+/// What a callout was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callout {
+    /// A key-set or discovery fetch of a provider (index).
+    Keys(usize),
+    /// The revocation-list refresh.
+    Revocation,
+    /// A Bundle of AuditEvents.
+    AuditEvents,
+}
+
 /// State shared by the root context and the streams of one VM.
 pub struct Vm {
     pub engine: Engine,
     pub waiters: Vec<Waiter>,
-    /// Callout token -> provider index.
-    pub callouts: HashMap<u32, usize>,
+    /// Callout token -> what it is for.
+    pub callouts: HashMap<u32, Callout>,
     /// Whether Envoy's `verify_signature` foreign function is available.
     pub host_verifier: bool,
+    pub metrics: Metrics,
+    /// AuditEvents waiting to be sent, when an `audit_event` sink is configured.
+    pub audit_queue: Option<AuditQueue>,
+    /// Second at which the key-age gauges were last set.
+    last_gauge_s: u64,
 }
 
 pub type SharedVm = Rc<RefCell<Vm>>;
@@ -87,15 +105,9 @@ impl Root {
             (":authority", fetch.authority.as_str()),
             ("accept", "application/json"),
         ];
-        match hostcalls::dispatch_http_call(
-            &fetch.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(fetch.timeout_ms),
-        ) {
+        match host::dispatch(&fetch.cluster, headers, None, fetch.timeout_ms) {
             Ok(token) => {
-                vm.callouts.insert(token, fetch.provider);
+                vm.callouts.insert(token, Callout::Keys(fetch.provider));
             }
             Err(status) => {
                 log::warn!(
@@ -110,7 +122,96 @@ impl Root {
                     now,
                     &mut HostSharedData,
                 );
-                log_outcome(fetch.provider, &outcome);
+                record_outcome(vm, fetch.provider, &outcome);
+            }
+        }
+    }
+
+    fn dispatch_revocation(vm: &mut Vm, r: &RefreshRequest) {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match host::dispatch(&r.cluster, headers, None, r.timeout_ms) {
+            Ok(token) => {
+                vm.callouts.insert(token, Callout::Revocation);
+            }
+            Err(status) => {
+                log::warn!(
+                    "smart-fhir-edge: cannot fetch the revocation list through cluster `{}`: {status:?}",
+                    r.cluster
+                );
+                let outcome = vm.engine.revocation_mut().on_answer(
+                    FetchAnswer::Failed,
+                    host::now_ms(),
+                    &mut HostSharedData,
+                );
+                record_refresh(vm, &outcome);
+            }
+        }
+    }
+
+    /// Sends the next Bundle of AuditEvents, if one is due.
+    fn flush_audit_events(vm: &mut Vm, now: u64) {
+        let Some(sink) = vm.engine.config().audit.audit_event.clone() else {
+            return;
+        };
+        let Some(queue) = vm.audit_queue.as_mut() else {
+            return;
+        };
+        if let Some(batch) = queue.poll(now) {
+            let headers = vec![
+                (":method", "POST"),
+                (":path", sink.uri.path.as_str()),
+                (":authority", sink.uri.authority.as_str()),
+                ("content-type", "application/fhir+json"),
+                ("accept", "application/fhir+json"),
+            ];
+            match host::dispatch(&sink.cluster, headers, Some(&batch.body), sink.timeout_ms) {
+                Ok(token) => {
+                    vm.callouts.insert(token, Callout::AuditEvents);
+                }
+                Err(status) => {
+                    log::warn!(
+                        "smart-fhir-edge: cannot send {} AuditEvent(s) through cluster `{}`: {status:?}",
+                        batch.count,
+                        sink.cluster
+                    );
+                    queue.on_result(SendResult::Retry, now);
+                }
+            }
+        }
+        Root::count_audit(vm);
+    }
+
+    /// Moves the AuditEvent queue's counts into the metrics.
+    fn count_audit(vm: &mut Vm) {
+        let Some(queue) = vm.audit_queue.as_mut() else {
+            return;
+        };
+        let c = queue.take_counts();
+        let m = &mut vm.metrics;
+        m.count(&mut HostMetrics, metrics::AUDIT_EVENTS_SENT.into(), c.sent);
+        m.count(&mut HostMetrics, metrics::AUDIT_EVENTS_DROPPED.into(), c.dropped);
+        m.count(
+            &mut HostMetrics,
+            metrics::AUDIT_BATCHES_FAILED.into(),
+            c.failed_batches,
+        );
+    }
+
+    /// Sets the key-age gauges, once a second.
+    fn set_key_ages(vm: &mut Vm, now_ms: u64) {
+        let now_s = now_ms / 1000;
+        if now_s == vm.last_gauge_s {
+            return;
+        }
+        vm.last_gauge_s = now_s;
+        for p in 0..vm.engine.config().providers.len() {
+            if let Some(age) = vm.engine.keys().age_s(p, now_s) {
+                vm.metrics.set_key_age(&mut HostMetrics, p, age);
             }
         }
     }
@@ -147,16 +248,52 @@ impl Root {
     }
 }
 
-fn log_outcome(provider: usize, outcome: &FetchOutcome) {
+/// Logs a key-fetch outcome and counts it.
+fn record_outcome(vm: &mut Vm, provider: usize, outcome: &FetchOutcome) {
+    let name = match outcome {
+        FetchOutcome::Updated => {
+            log::info!("smart-fhir-edge: provider {provider}: new key set in use");
+            "updated"
+        }
+        FetchOutcome::Unchanged => {
+            log::debug!("smart-fhir-edge: provider {provider}: key set unchanged");
+            "unchanged"
+        }
+        FetchOutcome::Discovered => {
+            log::debug!("smart-fhir-edge: provider {provider}: jwks_uri discovered");
+            "discovered"
+        }
+        FetchOutcome::Failed { reason, retry_in_s } => {
+            log::warn!(
+                "smart-fhir-edge: provider {provider}: key fetch failed ({reason}); keeping the last good keys, retry in {retry_in_s} s"
+            );
+            "failed"
+        }
+        FetchOutcome::Ignored => return,
+    };
+    vm.metrics.on_jwks_fetch(&mut HostMetrics, provider, name);
+}
+
+/// Logs a revocation-refresh outcome and counts it.
+fn record_refresh(vm: &mut Vm, outcome: &RefreshOutcome) {
     match outcome {
-        FetchOutcome::Updated => log::info!("smart-fhir-edge: provider {provider}: new key set in use"),
-        FetchOutcome::Unchanged => log::debug!("smart-fhir-edge: provider {provider}: key set unchanged"),
-        FetchOutcome::Discovered => log::debug!("smart-fhir-edge: provider {provider}: jwks_uri discovered"),
-        FetchOutcome::Failed { reason, retry_in_s } => log::warn!(
-            "smart-fhir-edge: provider {provider}: key fetch failed ({reason}); keeping the last good keys, retry in {retry_in_s} s"
+        RefreshOutcome::Updated { entries } => {
+            log::info!("smart-fhir-edge: revocation list updated ({entries} entries)")
+        }
+        RefreshOutcome::Unchanged => log::debug!("smart-fhir-edge: revocation list unchanged"),
+        RefreshOutcome::Failed { reason, retry_in_s } => log::warn!(
+            "smart-fhir-edge: revocation list refresh failed ({reason}); keeping the last good list, retry in {retry_in_s} s"
         ),
-        FetchOutcome::Ignored => {}
+        RefreshOutcome::Ignored => return,
     }
+    let name = metrics::tagged(metrics::REVOCATION_REFRESHES, &[("outcome", outcome.as_str())]);
+    vm.metrics.count(&mut HostMetrics, name, 1);
+}
+
+fn response_status() -> u16 {
+    host::header(MapType::HttpCallResponseHeaders, ":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Context for Root {
@@ -168,39 +305,87 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         let Some(vm) = self.vm.clone() else { return };
-        {
+        let callout = {
             let mut v = vm.borrow_mut();
-            let Some(provider) = v.callouts.remove(&token_id) else {
+            let Some(callout) = v.callouts.remove(&token_id) else {
                 return;
             };
-            let answer = if num_headers == 0 {
-                FetchAnswer::Failed
-            } else {
-                let status = host::header(MapType::HttpCallResponseHeaders, ":status")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let body = if body_size > MAX_DOCUMENT_BYTES {
-                    // Not read: too large. The manager refuses it by size.
-                    vec![0; MAX_DOCUMENT_BYTES + 1]
-                } else {
-                    host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
-                };
-                FetchAnswer::Response { status, body }
-            };
             let now = host::now_ms();
-            let outcome = v
-                .engine
-                .keys_mut()
-                .on_answer(provider, answer, now, &mut HostSharedData);
-            log_outcome(provider, &outcome);
-            if outcome == FetchOutcome::Discovered {
-                if let Some(next) = v.engine.keys().next_after_discovery(provider) {
-                    Root::dispatch(&mut v, &next);
+            match callout {
+                Callout::Keys(provider) => {
+                    let answer = fetch_answer(num_headers, body_size, MAX_DOCUMENT_BYTES);
+                    let outcome = v
+                        .engine
+                        .keys_mut()
+                        .on_answer(provider, answer, now, &mut HostSharedData);
+                    record_outcome(&mut v, provider, &outcome);
+                    if outcome == FetchOutcome::Discovered {
+                        if let Some(next) = v.engine.keys().next_after_discovery(provider) {
+                            Root::dispatch(&mut v, &next);
+                        }
+                    }
+                }
+                Callout::Revocation => {
+                    let answer = fetch_answer(num_headers, body_size, MAX_LIST_BYTES);
+                    let outcome = v
+                        .engine
+                        .revocation_mut()
+                        .on_answer(answer, now, &mut HostSharedData);
+                    record_refresh(&mut v, &outcome);
+                }
+                Callout::AuditEvents => {
+                    let status = (num_headers > 0).then(response_status);
+                    let result = SendResult::from_status(status);
+                    if result != SendResult::Accepted {
+                        log::warn!(
+                            "smart-fhir-edge: the AuditEvent server did not take a batch (HTTP {}): {}",
+                            status.unwrap_or(0),
+                            if result == SendResult::Retry {
+                                "retrying later"
+                            } else {
+                                "dropped"
+                            }
+                        );
+                    }
+                    let refused = if result == SendResult::Accepted && body_size <= MAX_BATCH_RESPONSE_BYTES {
+                        host::buffer(BufferType::HttpCallResponseBody, body_size)
+                            .map_or(0, |b| refused_entries(&b))
+                    } else {
+                        0
+                    };
+                    if refused > 0 {
+                        log::warn!(
+                            "smart-fhir-edge: the AuditEvent server refused {refused} entries of a batch"
+                        );
+                    }
+                    if let Some(q) = v.audit_queue.as_mut() {
+                        q.on_result(result, now);
+                        q.note_refused_entries(refused);
+                    }
+                    Root::count_audit(&mut v);
                 }
             }
+            callout
+        };
+        if matches!(callout, Callout::Keys(_)) {
+            self.wake_waiters(&vm);
         }
-        self.wake_waiters(&vm);
     }
+}
+
+/// The answer of a GET callout: the status and the body, unless larger than `limit` (then a body
+/// of `limit + 1` bytes that the core refuses by size, without reading it).
+fn fetch_answer(num_headers: usize, body_size: usize, limit: usize) -> FetchAnswer {
+    if num_headers == 0 {
+        return FetchAnswer::Failed;
+    }
+    let status = response_status();
+    let body = if body_size > limit {
+        vec![0; limit + 1]
+    } else {
+        host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
+    };
+    FetchAnswer::Response { status, body }
 }
 
 impl RootContext for Root {
@@ -219,14 +404,26 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let owner = format!("vm{}-{}", self.context_id, host::now_ms());
-        let engine = match Engine::new(config, &owner) {
+        // Every worker's root context has the same id and they configure in the same millisecond:
+        // a random part (WASI random_get, through std's RandomState) tells them apart in leases.
+        let nonce = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        let owner = format!("vm{}-{}-{nonce:016x}", self.context_id, host::now_ms());
+        let mut engine = match Engine::new(config, &owner) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("smart-fhir-edge: {e}");
                 return false;
             }
         };
+        // This adapter buffers and checks the request and response bodies the decisions ask for
+        // (unless configured off for hosts that cannot hold headers while a body is read).
+        let body_checks = engine.config().body_checks;
+        engine.set_body_checks(body_checks);
         let host_verifier = host::has_verify_signature();
         let c = engine.config();
         log::info!(
@@ -241,18 +438,62 @@ impl RootContext for Root {
                 "pure Rust"
             }
         );
+        if c.body_checks {
+            log::info!(
+                "smart-fhir-edge: body checks on (Envoy must hold headers: allow_on_headers_stop_iteration: true): request bodies up to {} bytes, response bodies up to {} bytes, responses outside the grant answered {:?}",
+                c.max_request_body_bytes,
+                c.max_response_body_bytes,
+                c.response_denial
+            );
+        } else {
+            log::info!(
+                "smart-fhir-edge: body checks off: requests whose body or response decides are refused"
+            );
+        }
         if c.mode == crate::config::Mode::AuditOnly {
             log::warn!(
                 "smart-fhir-edge: AUDIT-ONLY mode: requests are decided and audited but never refused"
             );
         }
+        log::info!(
+            "smart-fhir-edge: audit: log line {}, access-log filter state `wasm.{}`, AuditEvent sink {}",
+            if c.audit.log { "on" } else { "off" },
+            crate::audit::FILTER_STATE_PROPERTY,
+            c.audit
+                .audit_event
+                .as_ref()
+                .map_or("off".to_string(), |a| format!(
+                    "`{}` through cluster `{}`",
+                    a.uri.uri, a.cluster
+                ))
+        );
+        let r = &c.revocation;
+        if r.refresh.is_some() || !(r.client_ids.is_empty() && r.subjects.is_empty() && r.jtis.is_empty()) {
+            log::info!(
+                "smart-fhir-edge: revocation: {} client id(s), {} subject(s), {} token id(s) configured{}",
+                r.client_ids.len(),
+                r.subjects.len(),
+                r.jtis.len(),
+                r.refresh.as_ref().map_or(String::new(), |f| format!(
+                    ", refreshed every {} s through cluster `{}`",
+                    f.interval_s, f.cluster
+                ))
+            );
+        }
+        let mut metrics = Metrics::default();
+        metrics.predefine(&mut HostMetrics, c.providers.len(), c.audit.audit_event.is_some());
+        let audit_queue = c.audit.audit_event.as_ref().map(AuditQueue::new);
         self.vm = Some(Rc::new(RefCell::new(Vm {
             engine,
             waiters: Vec::new(),
             callouts: HashMap::new(),
             host_verifier,
+            metrics,
+            audit_queue,
+            last_gauge_s: 0,
         })));
-        self.memory_gauge = hostcalls::define_metric(MetricType::Gauge, MEMORY_GAUGE).ok();
+        self.memory_gauge =
+            hostcalls::define_metric(MetricType::Gauge, crate::metrics::VM_MEMORY_MAX_BYTES).ok();
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             log::error!("smart-fhir-edge: cannot set the tick period: {status:?}");
             return false;
@@ -268,11 +509,20 @@ impl RootContext for Root {
             let now = host::now_ms();
             let (fetches, outcomes) = v.engine.keys_mut().poll(now, &mut HostSharedData);
             for (provider, outcome) in &outcomes {
-                log_outcome(*provider, outcome);
+                record_outcome(&mut v, *provider, outcome);
             }
             for f in &fetches {
                 Root::dispatch(&mut v, f);
             }
+            let (refresh, outcome) = v.engine.revocation_mut().poll(now, &mut HostSharedData);
+            if let Some(o) = &outcome {
+                record_refresh(&mut v, o);
+            }
+            if let Some(r) = &refresh {
+                Root::dispatch_revocation(&mut v, r);
+            }
+            Root::flush_audit_events(&mut v, now);
+            Root::set_key_ages(&mut v, now);
         }
         self.wake_waiters(&vm);
     }

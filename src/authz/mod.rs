@@ -22,18 +22,29 @@
 //! Scopes are a union within a context; contexts are judged one at a time and never combined for
 //! one request. `system/` and `user/` grants are tried first and carry no patient restriction at the
 //! edge; then `patient/` grants, which confine the request to the token's patient (see
-//! [`patient`]). Granular scopes (`?param=value`) count only for searches (type, compartment,
-//! system) and conditional deletes that carry their constraints; reads by id and writes under
-//! granular-only grants are refused as not verifiable at the edge yet.
+//! [`patient`]). Granular scopes (`?param=value`) count for searches (type, compartment, system)
+//! and conditional deletes that carry their constraints, for reads by id (the returned resource
+//! must then meet them: a response check) and for creates (the body must meet them: a body check);
+//! updates, patches and deletes by id under granular-only grants are refused (the stored resource
+//! decides, and the edge does not see it).
 //!
-//! # Fail closed on what the edge cannot see (patient-level and granular grants only)
+//! # What the body decides (patient-level and granular grants)
 //!
-//! Refused with [`ForbiddenKind::NotEnforceableAtEdge`]: `POST _search`, chained parameters, `_has`,
-//! `_revinclude`, `_include:iterate`, `_include=*`, `_include` without a target type
-//! (`Source:param` rather than `Source:param:Target`), `_query`, `_filter`, and write bodies.
-//! `_include=Source:param:Target` is allowed when `Source` is the searched type and the same context
-//! grants plain `r` on `Target`; under patient grants `Target` must also be outside the Patient
-//! compartment (an included compartment resource could belong to another patient).
+//! Where the URL cannot decide, [`Authorized`] says what the adapter must check before the
+//! request, or its response, goes on ([`crate::body`]):
+//!
+//! * [`Authorized::body_check`]: `POST _search` (the form parameters are merged with the URL's and
+//!   authorized as the GET search), batch/transaction Bundles (every entry authorized; without
+//!   plain `cruds` on `*` in `user/` or `system/`), and writes (the body must match the URL, stay in
+//!   the patient's compartment and meet granular constraints);
+//! * [`Authorized::response_check`]: reads by id, vreads and instance history of compartment types
+//!   under patient grants and of any type under granular grants (the resource must be in the
+//!   compartment and meet the constraints), and every search under patient or granular grants
+//!   (entries outside the grant, `_include`d, `_revinclude`d or `:iterate`d ones too, are removed).
+//!
+//! So chained parameters, `_has`, `_include` (any form) and `_revinclude` are allowed: whatever
+//! they bring back is filtered. `_query` and `_filter` stay refused
+//! ([`ForbiddenKind::NotEnforceableAtEdge`]): their semantics are the server's.
 //!
 //! # Operations
 //!
@@ -41,22 +52,25 @@
 //! on `*` (its result spans every compartment type) and, under patient grants, the patient in
 //! context. A configured rule (name, levels, resource types, permissions) needs its permissions on
 //! the operation's type (on `*` at system level); a matching rule takes precedence over the
-//! built-in. Granular scopes never grant operations.
+//! built-in. Granular scopes never grant operations. Operation bodies and results are not checked.
 //!
 //! # Batch and transaction
 //!
-//! Entries are not inspected yet, so a Bundle is allowed only with plain `cruds` on `*` in the
-//! `user/` or `system/` context (every entry's interaction is then covered), and refused otherwise.
+//! With plain `cruds` on `*` in the `user/` or `system/` context every entry's interaction is
+//! covered and the Bundle is allowed as it is. Otherwise, when the token grants any clinical scope,
+//! the Bundle is allowed pending its body: [`crate::body::bundle`] authorizes each entry as if it
+//! were sent alone and refuses the whole Bundle if any entry is refused.
 
 mod patient;
 #[cfg(test)]
 mod tests;
 
+use crate::body::{Access, BodyCheck, ResponseCheck, WriteCheck, WriteMode};
 use crate::claims::VerifiedClaims;
 use crate::config::{Config, OperationLevel};
 use crate::denial::{Denial, ForbiddenReason};
 use crate::fhir::resource_types::is_resource_type;
-use crate::fhir::{FhirRequest, Interaction, OperationTarget, SearchParam};
+use crate::fhir::{FhirRequest, Interaction, OperationTarget};
 use crate::scope::{Context, GrantedScopes, Permission, Permissions};
 
 /// A request allowed, and how.
@@ -73,6 +87,12 @@ pub struct Authorized {
     /// (`unconstrained_search: constrain`), for example `("subject", "Patient/123")` or
     /// `("_id", "123")`. The value is built from a validated FHIR id and needs no escaping.
     pub append_query: Option<(String, String)>,
+    /// The request body must be read and checked ([`crate::body::check_request`]) before the
+    /// request is forwarded; until then nothing is decided.
+    pub body_check: Option<BodyCheck>,
+    /// The response body must be read and checked ([`crate::body::check_response`]) before the
+    /// response is passed on.
+    pub response_check: Option<ResponseCheck>,
 }
 
 impl Authorized {
@@ -82,6 +102,8 @@ impl Authorized {
             granular: false,
             patient_scoped: false,
             append_query: None,
+            body_check: None,
+            response_check: None,
         }
     }
 
@@ -91,7 +113,14 @@ impl Authorized {
             granular: false,
             patient_scoped: ctx == Context::Patient,
             append_query: None,
+            body_check: None,
+            response_check: None,
         }
+    }
+
+    /// Whether the adapter must read a body (request or response) to finish the decision.
+    pub fn needs_body(&self) -> bool {
+        self.body_check.is_some() || self.response_check.is_some()
     }
 }
 
@@ -154,7 +183,7 @@ pub struct Forbidden {
 }
 
 impl Forbidden {
-    fn new(kind: ForbiddenKind, interaction: &'static str) -> Forbidden {
+    pub(crate) fn new(kind: ForbiddenKind, interaction: &'static str) -> Forbidden {
         Forbidden {
             kind,
             interaction,
@@ -186,7 +215,7 @@ impl Forbidden {
             }
             ForbiddenKind::OutsidePatientCompartment(why) => format!("{what}: {why}"),
             ForbiddenKind::NotEnforceableAtEdge(why) => {
-                format!("{what}: {why} cannot be verified at the edge yet")
+                format!("{what}: {why} cannot be verified at the edge")
             }
             ForbiddenKind::OperationNotAllowed => {
                 format!("{what}: not enabled at this level and type (see `operations` in the configuration)")
@@ -279,6 +308,9 @@ pub fn authorize(
         }
         _ => {}
     }
+    if via_post(&req.interaction) {
+        return authorize_post_search(req, claims, granted, config);
+    }
     let Some(need) = Need::of(&req.interaction, conditional_create) else {
         // Every other interaction has a need; refuse rather than guess if that ever changes.
         return Err(insufficient(kind, Context::User, None, Permissions::ALL, granted));
@@ -295,12 +327,18 @@ pub fn authorize(
     }
     for ctx in [Context::System, Context::User] {
         match granular_cover(req, need, ctx, granted) {
-            Cover::Yes => match check_query(req, ctx, granted, false) {
+            Cover::Yes => match check_query(req) {
                 Ok(()) => {
+                    let access = Access {
+                        context: ctx,
+                        patient: None,
+                    };
                     return Ok(Authorized {
                         granular: true,
+                        body_check: granular_body_check(&req.interaction, ctx),
+                        response_check: response_check(&req.interaction, access),
                         ..Authorized::by(ctx)
-                    })
+                    });
                 }
                 Err(k) => keep(&mut denial, forbid(k, kind)),
             },
@@ -323,7 +361,7 @@ pub fn authorize(
         }
     };
     if let Some(granular) = patient_path {
-        match patient::authorize(req, claims, granted, config, granular) {
+        match patient::authorize(req, conditional_create, claims, config, granular) {
             Ok(a) => return Ok(a),
             Err(f) => keep(&mut denial, f),
         }
@@ -333,6 +371,107 @@ pub fn authorize(
         let ctx = suggested_context(claims, granted);
         insufficient(kind, ctx, need.resource_type, need.permissions, granted)
     }))
+}
+
+/// The GET form of a `POST _search`.
+pub(crate) fn as_get(req: &FhirRequest) -> FhirRequest {
+    let interaction = match &req.interaction {
+        Interaction::SearchType { resource_type, .. } => Interaction::SearchType {
+            resource_type: resource_type.clone(),
+            via_post: false,
+        },
+        Interaction::SearchSystem { .. } => Interaction::SearchSystem { via_post: false },
+        Interaction::SearchCompartment {
+            compartment,
+            id,
+            resource_type,
+            ..
+        } => Interaction::SearchCompartment {
+            compartment: compartment.clone(),
+            id: id.clone(),
+            resource_type: resource_type.clone(),
+            via_post: false,
+        },
+        other => other.clone(),
+    };
+    FhirRequest {
+        method: crate::fhir::Method::Get,
+        interaction,
+        query: req.query.clone(),
+    }
+}
+
+/// `POST _search`: decided as the GET search when the body cannot change the answer (plain
+/// `user/`/`system/` grants, or a refusal no added parameter can lift); otherwise allowed pending
+/// the form body ([`crate::body::form`]).
+fn authorize_post_search(
+    req: &FhirRequest,
+    claims: &VerifiedClaims,
+    granted: &GrantedScopes,
+    config: &Config,
+) -> Result<Authorized, Forbidden> {
+    let pending = |a: Option<&Authorized>| Authorized {
+        context: a.and_then(|a| a.context),
+        granular: a.is_some_and(|a| a.granular),
+        patient_scoped: a.is_some_and(|a| a.patient_scoped),
+        append_query: None,
+        body_check: Some(BodyCheck::SearchForm),
+        response_check: None,
+    };
+    match authorize(&as_get(req), false, claims, granted, config) {
+        Ok(a) if !a.granular && !a.patient_scoped => Ok(a),
+        Ok(a) => Ok(pending(Some(&a))),
+        // Body parameters may carry the granular constraints or confine the search.
+        Err(f) if f.kind == ForbiddenKind::GranularScopeNotMet || f.kind == patient::NOT_CONFINED => {
+            Ok(pending(None))
+        }
+        Err(f) => Err(f),
+    }
+}
+
+/// The body check a granular-only grant needs: a create's body must meet the constraints.
+fn granular_body_check(interaction: &Interaction, ctx: Context) -> Option<BodyCheck> {
+    match interaction {
+        Interaction::Create { resource_type } => Some(BodyCheck::Write(WriteCheck {
+            mode: WriteMode::Create,
+            resource_type: resource_type.clone(),
+            patient: None,
+            granular: Some(ctx),
+        })),
+        _ => None,
+    }
+}
+
+/// The response check of a read, history or search decided under `access` (patient-level or
+/// granular grants); `None` for interactions whose response holds no resources to check.
+pub(crate) fn response_check(interaction: &Interaction, access: Access) -> Option<ResponseCheck> {
+    match interaction {
+        Interaction::Read { resource_type, id }
+        | Interaction::Vread {
+            resource_type, id, ..
+        } => Some(ResponseCheck::Resource {
+            access,
+            resource_type: resource_type.clone(),
+            id: id.clone(),
+        }),
+        Interaction::HistoryInstance { .. } => Some(ResponseCheck::History { access }),
+        Interaction::SearchType { resource_type, .. } => Some(ResponseCheck::Searchset {
+            access,
+            vouched: Some(resource_type.clone()),
+        }),
+        Interaction::SearchCompartment { resource_type, .. } => Some(ResponseCheck::Searchset {
+            access,
+            vouched: resource_type.clone(),
+        }),
+        Interaction::SearchSystem { .. } => Some(ResponseCheck::Searchset {
+            access,
+            vouched: None,
+        }),
+        Interaction::HistoryType { .. } | Interaction::HistorySystem => {
+            Some(ResponseCheck::History { access })
+        }
+        _ => None,
+    }
 }
 
 /// Whether granular scopes of one context (with its plain grants) cover the need.
@@ -355,12 +494,25 @@ fn granular_cover(req: &FhirRequest, need: Need<'_>, ctx: Context, granted: &Gra
         return Cover::No;
     }
     if !need.search_like {
+        // Reads by id are checked on the response, plain creates on the body.
+        let read = Permissions::of(&[Permission::Read]);
+        let create = Permissions::of(&[Permission::Create]);
+        let checkable = match req.interaction {
+            Interaction::Read { .. } | Interaction::Vread { .. } | Interaction::HistoryInstance { .. } => {
+                need.permissions == read
+            }
+            Interaction::Create { .. } => need.permissions == create,
+            _ => false,
+        };
+        if checkable {
+            return Cover::Yes;
+        }
         let why = if need.permissions.contains(Permission::Create)
             || need.permissions.contains(Permission::Update)
         {
-            "a write body under granular scopes"
+            "a write to a stored resource under granular scopes"
         } else {
-            "a request by id under granular scopes"
+            "a request by id or over history under granular scopes"
         };
         return Cover::Refused(Forbidden::new(ForbiddenKind::NotEnforceableAtEdge(why), kind));
     }
@@ -388,12 +540,6 @@ fn keep(slot: &mut Option<Forbidden>, f: Forbidden) {
 fn forbid(f: Refusal, interaction: &'static str) -> Forbidden {
     match f {
         Refusal::Kind(k) => Forbidden::new(k, interaction),
-        Refusal::Scope { scope, missing } => Forbidden {
-            kind: ForbiddenKind::InsufficientScope,
-            interaction,
-            required_scope: scope,
-            missing_permission: Some(missing),
-        },
     }
 }
 
@@ -401,11 +547,6 @@ fn forbid(f: Refusal, interaction: &'static str) -> Forbidden {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Refusal {
     Kind(ForbiddenKind),
-    /// A permission on another type (an `_include` target) is missing.
-    Scope {
-        scope: Option<String>,
-        missing: Permission,
-    },
 }
 
 impl From<ForbiddenKind> for Refusal {
@@ -456,18 +597,6 @@ fn suggested_context(claims: &VerifiedClaims, granted: &GrantedScopes) -> Contex
         })
 }
 
-/// The type a search is about, for `_include` sources.
-fn searched_type(interaction: &Interaction) -> Option<&str> {
-    match interaction {
-        Interaction::SearchType { resource_type, .. }
-        | Interaction::ConditionalDelete { resource_type }
-        | Interaction::ConditionalUpdate { resource_type }
-        | Interaction::ConditionalPatch { resource_type } => Some(resource_type),
-        Interaction::SearchCompartment { resource_type, .. } => resource_type.as_deref(),
-        _ => None,
-    }
-}
-
 fn via_post(interaction: &Interaction) -> bool {
     matches!(
         interaction,
@@ -477,71 +606,14 @@ fn via_post(interaction: &Interaction) -> bool {
     )
 }
 
-/// The refusals of what the edge cannot see, for patient-level and granular grants.
-fn check_query(
-    req: &FhirRequest,
-    ctx: Context,
-    granted: &GrantedScopes,
-    in_patient_context: bool,
-) -> Result<(), Refusal> {
-    if via_post(&req.interaction) {
-        return Err(not_enforceable("POST _search (parameters in the body)"));
-    }
-    let searched = searched_type(&req.interaction);
+/// The refusals of what the edge cannot judge even with the response in hand, for patient-level
+/// and granular grants: parameters whose semantics are the server's own.
+fn check_query(req: &FhirRequest) -> Result<(), Refusal> {
     for p in &req.query.params {
-        if p.chain.is_some() {
-            return Err(not_enforceable("chained search parameters"));
-        }
         match p.name.as_str() {
-            "_has" => return Err(not_enforceable("_has (reverse chaining)")),
-            "_revinclude" => return Err(not_enforceable("_revinclude")),
             "_query" => return Err(not_enforceable("named queries (_query)")),
             "_filter" => return Err(not_enforceable("_filter")),
-            "_include" => check_include(p, searched, ctx, granted, in_patient_context)?,
             _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_include(
-    p: &SearchParam,
-    searched: Option<&str>,
-    ctx: Context,
-    granted: &GrantedScopes,
-    in_patient_context: bool,
-) -> Result<(), Refusal> {
-    if p.modifier.is_some() {
-        return Err(not_enforceable("_include:iterate"));
-    }
-    for v in &p.values {
-        if v.contains('*') {
-            return Err(not_enforceable("_include=*"));
-        }
-        let mut parts = v.split(':');
-        let (Some(source), Some(_param), Some(target), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(not_enforceable(
-                "_include without a target type (Source:param:Target)",
-            ));
-        };
-        if Some(source) != searched {
-            return Err(not_enforceable(
-                "_include from a type other than the one searched",
-            ));
-        }
-        if !is_resource_type(target) {
-            return Err(not_enforceable("_include of an unknown target type"));
-        }
-        if in_patient_context && patient::is_compartment_type(target) {
-            return Err(not_enforceable("_include of patient-compartment resources"));
-        }
-        if !granted.permissions(ctx, Some(target)).contains(Permission::Read) {
-            return Err(Refusal::Scope {
-                scope: scope_string(ctx, Some(target), Permissions::of(&[Permission::Read])),
-                missing: Permission::Read,
-            });
         }
     }
     Ok(())
@@ -553,18 +625,20 @@ fn authorize_bundle(claims: &VerifiedClaims, granted: &GrantedScopes) -> Result<
             return Ok(Authorized::by(ctx));
         }
     }
-    let mut f = Forbidden::new(
-        ForbiddenKind::NotEnforceableAtEdge(
-            "a batch/transaction Bundle (without cruds on * for user or system)",
-        ),
-        Interaction::BatchOrTransaction.kind(),
-    );
-    let ctx = suggested_context(claims, granted);
-    if ctx != Context::Patient {
-        f.required_scope = scope_string(ctx, None, Permissions::ALL);
-        f.missing_permission = granted.permissions(ctx, None).lacking(Permissions::ALL).first();
+    if !granted.is_empty() {
+        return Ok(Authorized {
+            body_check: Some(BodyCheck::Bundle),
+            ..Authorized::public()
+        });
     }
-    Err(f)
+    let ctx = suggested_context(claims, granted);
+    Err(insufficient(
+        Interaction::BatchOrTransaction.kind(),
+        ctx,
+        None,
+        Permissions::ALL,
+        granted,
+    ))
 }
 
 fn authorize_operation(
@@ -613,7 +687,7 @@ fn authorize_operation(
         }
     }
     if granted.permissions(Context::Patient, on_type).covers(needed) {
-        return patient::authorize_operation(req, target, claims, granted);
+        return patient::authorize_operation(req, target, claims);
     }
     let ctx = suggested_context(claims, granted);
     Err(insufficient(kind, ctx, on_type, needed, granted))

@@ -19,107 +19,184 @@
 //!   parameters AND to nothing. Without a confining parameter, a search is confined by appending
 //!   `<first compartment param>=Patient/<id>` (`_id=<id>` for `Patient`) or refused, per
 //!   `unconstrained_search`; a conditional delete is refused.
-//! * Reads by id, history and writes on compartment types other than `Patient` cannot be judged from
-//!   the URL and are refused; so are create and conditional update/patch (write bodies), type
-//!   history of compartment types, system-level interactions, and non-Patient compartment searches
-//!   over every type.
+//! * Reads by id, vreads and instance history of compartment types are allowed with a response
+//!   check: the returned resource must be in the patient's compartment. Every search is allowed
+//!   with a response check that removes entries outside the compartment (includes too).
+//! * Writes are allowed with a body check ([`crate::body::write`]): a create's body must stay in
+//!   the patient's compartment; `Patient/{id}` may be updated and patched by that patient only; a
+//!   conditional update or patch must be confined to the patient (never appended: refused when it
+//!   is not) and a conditional update's body must not carry an `id` (with no match, R4 would
+//!   update-as-create that id, possibly another patient's resource). Updates, patches and deletes
+//!   by id of other compartment types are refused: the stored resource decides membership and the
+//!   edge does not see it (use the conditional forms, confined to the patient). Creating a
+//!   `Patient` and conditional creates (`If-None-Exist`, a search the edge cannot confine) are
+//!   refused.
+//! * Type history of compartment types, system-level interactions, and non-Patient compartment
+//!   searches over every type are refused.
 //! * Types outside the compartment (Practitioner, Organization, Medication, Location, ...) are
-//!   governed by scope alone for reads, searches and deletes by id.
+//!   governed by scope alone; their create and update bodies must still match the URL.
 
-use super::{check_query, not_enforceable, Authorized, Forbidden, ForbiddenKind, Refusal};
+use super::{check_query, not_enforceable, response_check, Authorized, Forbidden, ForbiddenKind, Refusal};
+use crate::body::{Access, BodyCheck, WriteCheck, WriteMode};
 use crate::claims::VerifiedClaims;
 use crate::config::{Config, UnconstrainedSearch};
 use crate::fhir::compartment::patient_compartment_params;
 use crate::fhir::query::{is_fhir_id, parse_reference};
 use crate::fhir::resource_types::is_resource_type;
 use crate::fhir::{FhirRequest, Interaction, OperationTarget, Query};
-use crate::scope::{Context, GrantedScopes};
+use crate::scope::Context;
 
 const ANOTHER_PATIENT: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment("the request names another patient");
-const NOT_CONFINED: ForbiddenKind =
+pub(super) const NOT_CONFINED: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment("the search is not limited to the patient in context");
 const MISSING_MODIFIER: ForbiddenKind =
     ForbiddenKind::OutsidePatientCompartment(":missing on a patient compartment parameter");
-const WRITE_BODY: &str = "a write body under patient-level scopes";
-const BY_ID: &str = "a request by id on a patient-compartment type (the resource decides membership)";
+const BY_ID: &str =
+    "a write by id to a patient-compartment resource (the stored resource decides membership; \
+                     use the conditional form confined to the patient)";
 
 /// Authorizes a non-operation request a patient-level grant covers (plain, or granular when
 /// `granular`).
 pub(super) fn authorize(
     req: &FhirRequest,
+    conditional_create: bool,
     claims: &VerifiedClaims,
-    granted: &GrantedScopes,
     config: &Config,
     granular: bool,
 ) -> Result<Authorized, Forbidden> {
     let kind = req.interaction.kind();
-    decide(req, claims, granted, config).map_or_else(
-        |r| Err(super::forbid(r, kind)),
-        |append_query| {
-            Ok(Authorized {
-                context: Some(Context::Patient),
-                granular,
-                patient_scoped: true,
-                append_query,
-            })
-        },
-    )
+    match decide(req, conditional_create, claims, config, granular) {
+        Err(r) => Err(super::forbid(r, kind)),
+        Ok(d) => Ok(Authorized {
+            context: Some(Context::Patient),
+            granular,
+            patient_scoped: true,
+            append_query: d.append_query,
+            body_check: d.body_check,
+            response_check: d.response_check,
+        }),
+    }
+}
+
+/// What a patient-level decision adds to the request.
+#[derive(Default)]
+struct Confined {
+    append_query: Option<(String, String)>,
+    body_check: Option<BodyCheck>,
+    response_check: Option<crate::body::ResponseCheck>,
 }
 
 fn decide(
     req: &FhirRequest,
+    conditional_create: bool,
     claims: &VerifiedClaims,
-    granted: &GrantedScopes,
     config: &Config,
-) -> Result<Option<(String, String)>, Refusal> {
+    granular: bool,
+) -> Result<Confined, Refusal> {
     let pid = patient_id(claims)?;
-    check_query(req, Context::Patient, granted, true)?;
+    check_query(req)?;
     let on_unconfined = match config.unconstrained_search {
         UnconstrainedSearch::Constrain => Unconfined::Append,
         UnconstrainedSearch::Refuse => Unconfined::Refuse,
+    };
+    let access = Access {
+        context: Context::Patient,
+        patient: Some(pid.to_string()),
+    };
+    let respond = |append_query| Confined {
+        append_query,
+        body_check: None,
+        response_check: response_check(&req.interaction, access.clone()),
+    };
+    let write = |mode: WriteMode, rt: &str| {
+        Ok(Confined {
+            body_check: Some(BodyCheck::Write(WriteCheck {
+                mode,
+                resource_type: rt.to_string(),
+                patient: is_compartment_type(rt).then(|| pid.to_string()),
+                granular: granular.then_some(Context::Patient),
+            })),
+            ..Confined::default()
+        })
     };
     match &req.interaction {
         Interaction::Read { resource_type, id }
         | Interaction::Vread {
             resource_type, id, ..
         }
-        | Interaction::HistoryInstance { resource_type, id }
-        | Interaction::Update { resource_type, id }
-        | Interaction::Patch { resource_type, id }
-        | Interaction::Delete { resource_type, id } => {
-            let writes = matches!(
-                req.interaction,
-                Interaction::Update { .. } | Interaction::Patch { .. }
-            );
+        | Interaction::HistoryInstance { resource_type, id } => {
             if resource_type == "Patient" {
-                same_patient(id, pid).map(|()| None)
-            } else if writes {
-                Err(not_enforceable(WRITE_BODY))
+                same_patient(id, pid)?;
+            }
+            // A Patient read by its own id, or a type outside the compartment under plain grants,
+            // needs nothing from the response.
+            if (resource_type == "Patient" || !is_compartment_type(resource_type)) && !granular {
+                Ok(Confined::default())
+            } else {
+                Ok(respond(None))
+            }
+        }
+        Interaction::Update { resource_type, id } => {
+            if resource_type == "Patient" {
+                same_patient(id, pid)?;
+            } else if is_compartment_type(resource_type) {
+                return Err(not_enforceable(BY_ID));
+            }
+            write(WriteMode::Update { id: id.clone() }, resource_type)
+        }
+        Interaction::Patch { resource_type, id } => {
+            if resource_type == "Patient" {
+                same_patient(id, pid)?;
+                write(WriteMode::Patch, resource_type)
             } else if is_compartment_type(resource_type) {
                 Err(not_enforceable(BY_ID))
             } else {
-                Ok(None)
+                Ok(Confined::default())
+            }
+        }
+        Interaction::Delete { resource_type, id } => {
+            if resource_type == "Patient" {
+                same_patient(id, pid)?;
+                Ok(Confined::default())
+            } else if is_compartment_type(resource_type) {
+                Err(not_enforceable(BY_ID))
+            } else {
+                Ok(Confined::default())
             }
         }
         Interaction::Create { resource_type } if resource_type == "Patient" => {
             Err(ForbiddenKind::OutsidePatientCompartment("creating a Patient creates another patient").into())
         }
-        Interaction::Create { .. }
-        | Interaction::ConditionalUpdate { .. }
-        | Interaction::ConditionalPatch { .. } => Err(not_enforceable(WRITE_BODY)),
+        Interaction::Create { .. } if conditional_create => Err(not_enforceable(
+            "a conditional create (If-None-Exist) under patient-level scopes",
+        )),
+        Interaction::Create { resource_type } => write(WriteMode::Create, resource_type),
+        Interaction::ConditionalUpdate { resource_type } => {
+            if is_compartment_type(resource_type) {
+                confine(resource_type, &req.query, pid, Unconfined::Refuse)?;
+            }
+            write(WriteMode::ConditionalUpdate, resource_type)
+        }
+        Interaction::ConditionalPatch { resource_type } => {
+            if is_compartment_type(resource_type) {
+                confine(resource_type, &req.query, pid, Unconfined::Refuse)?;
+                write(WriteMode::Patch, resource_type)
+            } else {
+                Ok(Confined::default())
+            }
+        }
         Interaction::ConditionalDelete { resource_type } => {
             if is_compartment_type(resource_type) {
-                confine(resource_type, &req.query, pid, Unconfined::Refuse)
-            } else {
-                Ok(None)
+                confine(resource_type, &req.query, pid, Unconfined::Refuse)?;
             }
+            Ok(Confined::default())
         }
         Interaction::SearchType { resource_type, .. } => {
             if is_compartment_type(resource_type) {
-                confine(resource_type, &req.query, pid, on_unconfined)
+                confine(resource_type, &req.query, pid, on_unconfined).map(respond)
             } else {
-                Ok(None)
+                Ok(respond(None))
             }
         }
         Interaction::SearchCompartment {
@@ -129,22 +206,22 @@ fn decide(
             ..
         } => {
             if compartment == "Patient" {
-                return same_patient(id, pid).map(|()| None);
+                return same_patient(id, pid).map(|()| respond(None));
             }
             // A search in another compartment is the type search narrowed further: the same rules.
             match resource_type {
                 None => Err(not_enforceable(
                     "searches over every type of a non-Patient compartment",
                 )),
-                Some(t) if is_compartment_type(t) => confine(t, &req.query, pid, on_unconfined),
-                Some(_) => Ok(None),
+                Some(t) if is_compartment_type(t) => confine(t, &req.query, pid, on_unconfined).map(respond),
+                Some(_) => Ok(respond(None)),
             }
         }
         Interaction::HistoryType { resource_type } => {
             if is_compartment_type(resource_type) {
                 Err(not_enforceable("type-level history of patient-compartment types"))
             } else {
-                Ok(None)
+                Ok(Confined::default())
             }
         }
         Interaction::HistorySystem | Interaction::SearchSystem { .. } => Err(not_enforceable(
@@ -161,10 +238,23 @@ pub(super) fn authorize_operation(
     req: &FhirRequest,
     target: &OperationTarget,
     claims: &VerifiedClaims,
-    granted: &GrantedScopes,
 ) -> Result<Authorized, Forbidden> {
-    match decide_operation(req, target, claims, granted) {
-        Ok(()) => Ok(Authorized::by(Context::Patient)),
+    match decide_operation(req, target, claims) {
+        Ok(()) => {
+            // `Patient/{id}/$everything` answers a searchset: filtered like any search.
+            let everything =
+                matches!(&req.interaction, Interaction::Operation { name, .. } if name == "$everything");
+            Ok(Authorized {
+                response_check: everything.then(|| crate::body::ResponseCheck::Searchset {
+                    access: Access {
+                        context: Context::Patient,
+                        patient: claims.patient.clone(),
+                    },
+                    vouched: None,
+                }),
+                ..Authorized::by(Context::Patient)
+            })
+        }
         Err(r) => Err(super::forbid(r, req.interaction.kind())),
     }
 }
@@ -173,10 +263,9 @@ fn decide_operation(
     req: &FhirRequest,
     target: &OperationTarget,
     claims: &VerifiedClaims,
-    granted: &GrantedScopes,
 ) -> Result<(), Refusal> {
     let pid = patient_id(claims)?;
-    check_query(req, Context::Patient, granted, true)?;
+    check_query(req)?;
     match target {
         OperationTarget::System => Err(not_enforceable(
             "system-level operations under patient-level scopes",
@@ -187,9 +276,9 @@ fn decide_operation(
         OperationTarget::Instance { resource_type, id } if resource_type == "Patient" => {
             same_patient(id, pid)
         }
-        OperationTarget::Instance { resource_type, .. } if is_compartment_type(resource_type) => {
-            Err(not_enforceable(BY_ID))
-        }
+        OperationTarget::Instance { resource_type, .. } if is_compartment_type(resource_type) => Err(
+            not_enforceable("an operation by id on a patient-compartment resource (the stored resource decides membership)"),
+        ),
         OperationTarget::Type { .. } | OperationTarget::Instance { .. } => Ok(()),
     }
 }
@@ -238,7 +327,8 @@ fn confine(
             continue;
         }
         if p.chain.is_some() {
-            return Err(not_enforceable("chained search parameters"));
+            // `subject.name=…` never confines; what it finds is filtered in the response.
+            continue;
         }
         let type_modifier = match p.modifier.as_deref() {
             None => None,

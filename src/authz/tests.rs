@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{OperationRule, UnconstrainedSearch};
-use crate::fhir::{Method, Query};
+use crate::fhir::{Method, Query, SearchParam};
 use std::collections::BTreeSet;
 
 // ---- builders ----------------------------------------------------------------------------------
@@ -173,6 +173,13 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         operations,
         smart_configuration: None,
         mode: crate::config::Mode::Enforce,
+        fhir_base_urls: vec![s("https://ehr.example/fhir")],
+        response_denial: crate::config::ResponseDenial::Forbidden,
+        max_request_body_bytes: crate::body::DEFAULT_MAX_REQUEST_BODY_BYTES,
+        max_response_body_bytes: crate::body::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+        body_checks: true,
+        audit: Default::default(),
+        revocation: Default::default(),
     }
 }
 
@@ -1014,30 +1021,125 @@ fn types_outside_the_compartment_are_governed_by_scope_alone() {
     ]);
 }
 
+/// What the adapter must check before forwarding or passing on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    Nothing,
+    /// A write body of this mode name (`create`, `update`, `conditional-update`, `patch`).
+    Write(&'static str),
+    SearchForm,
+    Bundle,
+    /// A response check of this shape (`resource`, `history`, `searchset`).
+    Response(&'static str),
+}
+
+fn owed(a: &Authorized) -> Owed {
+    use crate::body::{BodyCheck, ResponseCheck, WriteMode};
+    match (&a.body_check, &a.response_check) {
+        (None, None) => Owed::Nothing,
+        (Some(BodyCheck::Write(w)), None) => Owed::Write(match w.mode {
+            WriteMode::Create => "create",
+            WriteMode::Update { .. } => "update",
+            WriteMode::ConditionalUpdate => "conditional-update",
+            WriteMode::Patch => "patch",
+        }),
+        (Some(BodyCheck::SearchForm), None) => Owed::SearchForm,
+        (Some(BodyCheck::Bundle), None) => Owed::Bundle,
+        (None, Some(ResponseCheck::Resource { .. })) => Owed::Response("resource"),
+        (None, Some(ResponseCheck::History { .. })) => Owed::Response("history"),
+        (None, Some(ResponseCheck::Searchset { .. })) => Owed::Response("searchset"),
+        other => panic!("unexpected combination {other:?}"),
+    }
+}
+
 #[test]
-fn requests_by_id_and_writes_on_compartment_types_are_refused_under_patient_scopes() {
+fn patient_scopes_owe_body_and_response_checks_where_the_url_cannot_decide() {
     let all = "patient/*.cruds";
+    let allowed: Vec<(Interaction, &str, Owed)> = vec![
+        (read("Observation", "abc"), "", Owed::Response("resource")),
+        (vread("Observation", "abc"), "", Owed::Response("resource")),
+        (history("Condition", "abc"), "", Owed::Response("history")),
+        (read("Patient", "123"), "", Owed::Nothing),
+        (read("Practitioner", "9"), "", Owed::Nothing),
+        (create("Observation"), "", Owed::Write("create")),
+        (create("Practitioner"), "", Owed::Write("create")),
+        (update("Patient", "123"), "", Owed::Write("update")),
+        (update("Practitioner", "9"), "", Owed::Write("update")),
+        (patch("Patient", "123"), "", Owed::Write("patch")),
+        (patch("Practitioner", "9"), "", Owed::Nothing),
+        (
+            cond_update("Observation"),
+            "subject=123",
+            Owed::Write("conditional-update"),
+        ),
+        (cond_patch("Observation"), "subject=123", Owed::Write("patch")),
+        (
+            cond_update("Practitioner"),
+            "identifier=x",
+            Owed::Write("conditional-update"),
+        ),
+        (search("Observation"), "subject=123", Owed::Response("searchset")),
+        (search("Practitioner"), "", Owed::Response("searchset")),
+        (
+            compartment("Patient", "123", Some("Observation")),
+            "",
+            Owed::Response("searchset"),
+        ),
+        (search_post("Observation"), "", Owed::SearchForm),
+        (delete("Practitioner", "9"), "", Owed::Nothing),
+        (cond_delete("Observation"), "subject=123", Owed::Nothing),
+    ];
+    for (interaction, q, want) in allowed {
+        let label = format!("{interaction:?} ?{q}");
+        let a = decide(all, P, interaction, q).unwrap_or_else(|f| panic!("{label}: {f:?}"));
+        assert_eq!(owed(&a), want, "{label}");
+        assert!(a.patient_scoped || want == Owed::SearchForm, "{label}");
+    }
+    // The checks carry the patient in context.
+    let a = decide(all, P, read("Observation", "abc"), "").unwrap();
+    let Some(crate::body::ResponseCheck::Resource { access, .. }) = &a.response_check else {
+        panic!("{a:?}")
+    };
+    assert_eq!(access.patient.as_deref(), Some("123"));
+    let a = decide(all, P, create("Observation"), "").unwrap();
+    let Some(crate::body::BodyCheck::Write(w)) = &a.body_check else {
+        panic!("{a:?}")
+    };
+    assert_eq!(w.patient.as_deref(), Some("123"));
+    let a = decide(all, P, create("Practitioner"), "").unwrap();
+    let Some(crate::body::BodyCheck::Write(w)) = &a.body_check else {
+        panic!("{a:?}")
+    };
+    assert_eq!(w.patient, None, "no compartment rule outside the compartment");
+
     run(vec![
-        (all, P, read("Observation", "abc"), "", NOT_AT_EDGE),
-        (all, P, vread("Observation", "abc"), "", NOT_AT_EDGE),
-        (all, P, history("Condition", "abc"), "", NOT_AT_EDGE),
+        // The stored resource decides; the edge does not see it.
         (all, P, delete("Observation", "abc"), "", NOT_AT_EDGE),
         (all, P, update("Observation", "abc"), "", NOT_AT_EDGE),
         (all, P, patch("Observation", "abc"), "", NOT_AT_EDGE),
-        (all, P, create("Observation"), "", NOT_AT_EDGE),
-        (all, P, cond_update("Observation"), "subject=123", NOT_AT_EDGE),
-        (all, P, cond_patch("Observation"), "subject=123", NOT_AT_EDGE),
+        (all, P, update("Patient", "456"), "", OUTSIDE),
+        (all, P, patch("Patient", "456"), "", OUTSIDE),
+        // Conditional writes must be confined by the client (nothing is appended to a write).
+        (all, P, cond_update("Observation"), "code=x", OUTSIDE),
+        (all, P, cond_patch("Observation"), "code=x", OUTSIDE),
+        (all, P, cond_update("Observation"), "subject=456", OUTSIDE),
+        (all, P, create("Patient"), "", OUTSIDE),
         (all, P, type_history("Observation"), "", NOT_AT_EDGE),
         (all, P, system_search(), "_type=Observation", NOT_AT_EDGE),
         (all, P, Interaction::HistorySystem, "", NOT_AT_EDGE),
         (all, P, compartment("Practitioner", "9", None), "", NOT_AT_EDGE),
-        // Writes of non-compartment types carry bodies the edge does not read either.
-        (all, P, create("Practitioner"), "", NOT_AT_EDGE),
-        (all, P, update("Practitioner", "9"), "", NOT_AT_EDGE),
     ]);
-    let why = decide(all, P, read("Observation", "abc"), "").unwrap_err();
+    let conditional_create = decide_with(
+        all,
+        P,
+        &request(create("Observation"), ""),
+        true,
+        &default_config(),
+    );
+    check("conditional create", &conditional_create, NOT_AT_EDGE);
+    let why = decide(all, P, update("Observation", "abc"), "").unwrap_err();
     assert!(
-        why.diagnostics().contains("cannot be verified at the edge yet"),
+        why.diagnostics().contains("cannot be verified at the edge"),
         "{}",
         why.diagnostics()
     );
@@ -1046,129 +1148,142 @@ fn requests_by_id_and_writes_on_compartment_types_are_refused_under_patient_scop
 // ---- what the edge cannot see ------------------------------------------------------------------
 
 #[test]
-fn patient_and_granular_grants_refuse_what_the_edge_cannot_see() {
+fn joins_and_includes_are_allowed_with_their_results_filtered() {
     let granular = "user/Observation.rs?category=laboratory";
     let with_lab = |rest: &str| format!("category=laboratory&{rest}");
-    // Each refused query, tried with a patient grant (confined search) and a granular-only grant
-    // (met constraints); a plain user grant allows every one.
-    let refused: &[(&str, Interaction)] = &[
-        ("subject:Patient.name=smith", search("Observation")),
-        ("performer.name=smith", search("Observation")),
-        ("_has:Observation:patient:code=x", search("Observation")),
-        (
-            "_include:iterate=Observation:performer:Practitioner",
-            search("Observation"),
-        ),
-        ("_include=*", search("Observation")),
-        ("_include=Observation:*", search("Observation")),
-        ("_include=Observation:performer", search("Observation")),
-        ("_include=Condition:subject:Patient", search("Observation")),
-        ("_include=Observation:performer:Widget", search("Observation")),
-        ("_revinclude=Provenance:target", search("Observation")),
-        ("_revinclude:iterate=Provenance:target", search("Observation")),
-        ("_query=everything", search("Observation")),
-        ("_filter=code eq x", search("Observation")),
-        ("", search_post("Observation")),
+    // Each query, tried with a patient grant (confined search) and a granular-only grant (met
+    // constraints): allowed, owing a searchset check; a plain user grant owes nothing.
+    let filtered: &[&str] = &[
+        "subject:Patient.name=smith",
+        "performer.name=smith",
+        "_has:Observation:patient:code=x",
+        "_include:iterate=Observation:performer:Practitioner",
+        "_include=*",
+        "_include=Observation:*",
+        "_include=Observation:performer",
+        "_include=Condition:subject:Patient",
+        "_include=Observation:subject:Patient",
+        "_revinclude=Provenance:target",
+        "_revinclude:iterate=Provenance:target",
     ];
-    for (q, interaction) in refused {
+    for q in filtered {
         let patient_q = format!("subject=123&{q}");
-        let label = format!("{q} ({})", interaction.kind());
-        let got = decide("patient/*.rs", P, interaction.clone(), &patient_q);
-        check(&format!("patient: {label}"), &got, NOT_AT_EDGE);
+        let got = decide("patient/*.rs", P, search("Observation"), &patient_q).unwrap();
+        assert_eq!(owed(&got), Owed::Response("searchset"), "patient: {q}");
         let got = decide(
             &format!("{granular} user/*.r"),
             None,
-            interaction.clone(),
+            search("Observation"),
+            &with_lab(q),
+        )
+        .unwrap();
+        assert_eq!(owed(&got), Owed::Response("searchset"), "granular: {q}");
+        let got = decide("user/*.rs", None, search("Observation"), &patient_q).unwrap();
+        assert_eq!(owed(&got), Owed::Nothing, "plain user: {q}");
+    }
+    // A chained compartment parameter does not confine: the patient is appended.
+    check(
+        "chained subject",
+        &decide("patient/*.rs", P, search("Observation"), "subject.name=smith"),
+        Want::Append("subject", "Patient/123"),
+    );
+    // Server-defined semantics stay refused.
+    for q in ["_query=everything", "_filter=code eq x"] {
+        let got = decide(
+            "patient/*.rs",
+            P,
+            search("Observation"),
+            &format!("subject=123&{q}"),
+        );
+        check(&format!("patient: {q}"), &got, NOT_AT_EDGE);
+        let got = decide(
+            &format!("{granular} user/*.r"),
+            None,
+            search("Observation"),
             &with_lab(q),
         );
-        check(&format!("granular: {label}"), &got, NOT_AT_EDGE);
-        let got = decide("user/*.rs", None, interaction.clone(), &patient_q);
-        check(&format!("plain user: {label}"), &got, USER);
+        check(&format!("granular: {q}"), &got, NOT_AT_EDGE);
+        let got = decide("user/*.rs", None, search("Observation"), q);
+        check(&format!("plain user: {q}"), &got, USER);
     }
 }
 
 #[test]
-fn batch_and_transaction_need_full_wildcard_access_in_user_or_system_context() {
-    let bundle = || Interaction::BatchOrTransaction;
-    run(vec![
-        ("patient/*.cruds", P, bundle(), "", NOT_AT_EDGE),
-        ("user/*.cruds?_security=R", None, bundle(), "", NOT_AT_EDGE),
-        ("user/*.rs", None, bundle(), "", NOT_AT_EDGE),
+fn post_search_is_decided_on_the_form_body_unless_the_url_settles_it() {
+    // Plain user grants: nothing in the body can change the answer.
+    let got = decide("user/*.rs", None, search_post("Observation"), "").unwrap();
+    assert_eq!(owed(&got), Owed::Nothing);
+    // Patient and granular grants: the body may name another patient or carry the constraints.
+    for (scopes, patient, q) in [
+        ("patient/*.rs", P, "subject=123"),
+        ("patient/*.rs", P, ""),
+        ("user/Observation.rs?category=laboratory", None, ""),
         (
-            "user/Observation.cruds user/Patient.cruds",
+            "user/Observation.rs?category=laboratory",
             None,
-            bundle(),
+            "category=laboratory",
+        ),
+    ] {
+        let got = decide(scopes, patient, search_post("Observation"), q).unwrap();
+        assert_eq!(owed(&got), Owed::SearchForm, "[{scopes}] ?{q}");
+    }
+    // Refusals no body parameter can lift are answered at once.
+    run(vec![
+        (
+            "patient/*.rs",
+            P,
+            search_post("Observation"),
+            "subject=456",
+            OUTSIDE,
+        ),
+        (
+            "patient/Condition.rs",
+            P,
+            search_post("Observation"),
             "",
+            INSUFFICIENT,
+        ),
+        ("patient/*.rs", None, search_post("Observation"), "", NO_PATIENT),
+        (
+            "patient/*.rs",
+            P,
+            search_post("Observation"),
+            "_filter=x",
             NOT_AT_EDGE,
         ),
-        ("user/*.cruds", None, bundle(), "", USER),
-        ("system/*.*", None, bundle(), "", SYSTEM),
     ]);
-    let f = decide("user/*.rs", None, bundle(), "").unwrap_err();
-    assert_eq!(f.required_scope.as_deref(), Some("user/*.cruds"));
-    assert_eq!(f.missing_permission, Some(Permission::Create));
+    let refuse = config(UnconstrainedSearch::Refuse, vec![]);
+    let got = decide_with(
+        "patient/*.rs",
+        P,
+        &request(search_post("Observation"), ""),
+        false,
+        &refuse,
+    )
+    .unwrap();
+    assert_eq!(owed(&got), Owed::SearchForm, "the body may confine it");
 }
 
 #[test]
-fn include_is_allowed_only_for_a_named_target_type_the_scope_covers() {
-    let q = "subject=123&_include=Observation:performer:Practitioner";
+fn batch_and_transaction_are_checked_entry_by_entry_without_full_wildcard_access() {
+    let bundle = || Interaction::BatchOrTransaction;
     run(vec![
-        (
-            "patient/Observation.rs patient/Practitioner.r",
-            P,
-            search("Observation"),
-            q,
-            PATIENT,
-        ),
-        (
-            "patient/Observation.rs",
-            P,
-            search("Observation"),
-            q,
-            INSUFFICIENT,
-        ),
-        // The target type must be read in the same context.
-        (
-            "patient/Observation.rs user/Practitioner.r",
-            P,
-            search("Observation"),
-            q,
-            INSUFFICIENT,
-        ),
-        // Compartment targets could belong to another patient.
-        (
-            "patient/*.rs",
-            P,
-            search("Observation"),
-            "subject=123&_include=Observation:performer:Patient",
-            NOT_AT_EDGE,
-        ),
-        (
-            "patient/*.rs",
-            P,
-            search("Observation"),
-            "subject=123&_include=Observation:performer:CareTeam",
-            NOT_AT_EDGE,
-        ),
-        ("patient/*.rs", P, search("Observation"), q, PATIENT),
-        (
-            "patient/*.rs",
-            P,
-            compartment("Patient", "123", Some("Observation")),
-            "_include=Observation:performer:Organization",
-            PATIENT,
-        ),
-        (
-            "user/Observation.rs?category=laboratory user/Practitioner.rs",
-            None,
-            search("Observation"),
-            "category=laboratory&_include=Observation:performer:Practitioner",
-            Want::Allow(Context::User),
-        ),
+        ("user/*.cruds", None, bundle(), "", USER),
+        ("system/*.*", None, bundle(), "", SYSTEM),
     ]);
-    let f = decide("patient/Observation.rs", P, search("Observation"), q).unwrap_err();
-    assert_eq!(f.required_scope.as_deref(), Some("patient/Practitioner.r"));
-    assert_eq!(f.missing_permission, Some(Permission::Read));
+    for scopes in [
+        "patient/*.cruds",
+        "user/*.cruds?_security=R",
+        "user/*.rs",
+        "user/Observation.cruds user/Patient.cruds",
+    ] {
+        let got = decide(scopes, P, bundle(), "").unwrap();
+        assert_eq!(owed(&got), Owed::Bundle, "{scopes}");
+        assert_eq!(got.context, None, "{scopes}: decided per entry");
+    }
+    let f = decide("openid launch", None, bundle(), "").unwrap_err();
+    assert_eq!(f.kind, ForbiddenKind::InsufficientScope);
+    assert_eq!(f.required_scope.as_deref(), Some("user/*.cruds"));
 }
 
 // ---- granular scopes ---------------------------------------------------------------------------
@@ -1305,16 +1420,31 @@ fn granular_scopes_allow_only_searches_carrying_their_constraints() {
 }
 
 #[test]
-fn granular_scopes_refuse_reads_and_writes_by_id() {
+fn granular_scopes_check_reads_on_the_response_and_creates_on_the_body() {
     let g = "user/Observation.cruds?category=laboratory";
+    for (interaction, want) in [
+        (read("Observation", "a"), Owed::Response("resource")),
+        (vread("Observation", "a"), Owed::Response("resource")),
+        (history("Observation", "a"), Owed::Response("history")),
+        (create("Observation"), Owed::Write("create")),
+    ] {
+        let label = format!("{interaction:?}");
+        let a = decide(g, None, interaction, "").unwrap_or_else(|f| panic!("{label}: {f:?}"));
+        assert!(a.granular, "{label}");
+        assert_eq!(a.context, Some(Context::User), "{label}");
+        assert_eq!(owed(&a), want, "{label}");
+    }
+    let a = decide(g, None, create("Observation"), "").unwrap();
+    let Some(crate::body::BodyCheck::Write(w)) = &a.body_check else {
+        panic!("{a:?}")
+    };
+    assert_eq!(w.granular, Some(Context::User));
+    let a = decide("patient/Patient.rs?gender=female", P, read("Patient", "123"), "").unwrap();
+    assert_eq!(owed(&a), Owed::Response("resource"), "granular patient read");
     run(vec![
-        (g, None, read("Observation", "a"), "", NOT_AT_EDGE),
-        (g, None, vread("Observation", "a"), "", NOT_AT_EDGE),
-        (g, None, history("Observation", "a"), "", NOT_AT_EDGE),
         (g, None, update("Observation", "a"), "", NOT_AT_EDGE),
         (g, None, patch("Observation", "a"), "", NOT_AT_EDGE),
         (g, None, delete("Observation", "a"), "", NOT_AT_EDGE),
-        (g, None, create("Observation"), "", NOT_AT_EDGE),
         (
             g,
             None,
@@ -1329,21 +1459,11 @@ fn granular_scopes_refuse_reads_and_writes_by_id() {
             "category=laboratory",
             NOT_AT_EDGE,
         ),
-        (
-            "patient/Patient.rs?gender=female",
-            P,
-            read("Patient", "123"),
-            "",
-            NOT_AT_EDGE,
-        ),
     ]);
-    // A plain scope next to the granular one still allows.
+    // A plain scope next to the granular one still allows, owing nothing.
     let both = format!("{g} user/Observation.r");
-    check(
-        "plain beside granular",
-        &decide(&both, None, read("Observation", "a"), ""),
-        USER,
-    );
+    let a = decide(&both, None, read("Observation", "a"), "").unwrap();
+    assert_eq!(owed(&a), Owed::Nothing);
 }
 
 // ---- operations --------------------------------------------------------------------------------
@@ -1640,16 +1760,16 @@ fn diagnostics_never_contain_claim_values() {
             "subject:missing=true".into(),
         ),
         (
-            "patient/*.rs",
+            "patient/*.cruds",
             Some(secret),
-            read("Observation", secret),
+            update("Observation", secret),
             String::new(),
         ),
         (
             "patient/*.rs",
             Some(secret),
             search("Observation"),
-            format!("subject={secret}&_has:X:y:z={secret}"),
+            format!("subject={secret}&_filter={secret}"),
         ),
         (
             "patient/Condition.rs",
@@ -1723,7 +1843,7 @@ fn denials_map_onto_the_forbidden_reply() {
         granular.kind.reason(),
         crate::denial::ForbiddenReason::InsufficientScope
     );
-    let edge = decide("patient/*.rs", P, read("Observation", "a"), "").unwrap_err();
+    let edge = decide("patient/*.rs", P, read("Observation", "a"), "_filter=x").unwrap_err();
     assert_eq!(
         edge.kind.reason(),
         crate::denial::ForbiddenReason::NotEnforceableAtEdge

@@ -89,6 +89,8 @@ struct Plan {
     /// `None` for discovery until the document named it.
     jwks_uri: Option<HttpUri>,
     discovery_uri: Option<HttpUri>,
+    /// The issuer a discovery document must name (OpenID Connect Discovery 4.3, RFC 8414 3.3).
+    issuer: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,9 @@ struct ProviderKeys<K> {
     failures: u32,
     /// An unknown-`kid` refetch is due.
     refetch_due: bool,
+    /// Another worker claimed an unknown-`kid` refetch after our keys were fetched: wait for its
+    /// result (through shared data) until this time (s).
+    awaiting_shared_until: Option<u64>,
     prefix: String,
 }
 
@@ -172,6 +177,7 @@ impl<K> KeyManager<K> {
                 in_flight: InFlight::None,
                 failures: 0,
                 refetch_due: false,
+                awaiting_shared_until: None,
                 prefix,
             };
             match &p.keys {
@@ -190,6 +196,7 @@ impl<K> KeyManager<K> {
                         min_refetch_interval_s: r.min_refetch_interval_s,
                         jwks_uri: Some(r.uri.clone()),
                         discovery_uri: None,
+                        issuer: p.issuer.clone(),
                     })
                 }
                 KeySource::Discovery(d) => {
@@ -200,6 +207,7 @@ impl<K> KeyManager<K> {
                         min_refetch_interval_s: d.min_refetch_interval_s,
                         jwks_uri: None,
                         discovery_uri: Some(d.uri.clone()),
+                        issuer: p.issuer.clone(),
                     })
                 }
             }
@@ -236,7 +244,10 @@ impl<K> KeyManager<K> {
     pub fn fetch_pending(&self, provider: usize) -> bool {
         self.providers.get(provider).is_some_and(|p| {
             p.plan.is_some()
-                && (p.in_flight != InFlight::None || p.refetch_due || (p.keys.is_none() && p.failures == 0))
+                && (p.in_flight != InFlight::None
+                    || p.refetch_due
+                    || p.awaiting_shared_until.is_some()
+                    || (p.keys.is_none() && p.failures == 0))
         })
     }
 
@@ -280,18 +291,37 @@ impl<K> KeyManager<K> {
         if p.in_flight != InFlight::None || p.refetch_due {
             return Refetch::Scheduled;
         }
+        // The stamp is `<time> <cas of the key set its claimer had>`.
         let key = format!("{}/kid", p.prefix);
         let (value, cas) = store.get(&key);
-        let last: u64 = value
+        let stamp = value
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if value.is_some() && now_s < last.saturating_add(plan.min_refetch_interval_s) {
-            return Refetch::Throttled;
+            .map(|s| {
+                let mut parts = s.split(' ');
+                let last: u64 = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                let keys_cas: Option<u32> = parts.next().and_then(|c| c.parse().ok());
+                (last, keys_cas)
+            });
+        if let Some((last, keys_cas)) = stamp {
+            if now_s < last.saturating_add(plan.min_refetch_interval_s) {
+                if keys_cas.is_some() && keys_cas == p.seen_cas && p.keys.is_some() {
+                    // Another worker asked for a refetch while it had the keys we still have:
+                    // its result arrives through shared data; wait for it rather than refuse.
+                    let wait_s = plan.timeout_ms.div_ceil(1000).saturating_mul(2).max(1);
+                    if now_s <= last.saturating_add(wait_s) {
+                        p.awaiting_shared_until = Some(last.saturating_add(wait_s));
+                        return Refetch::Scheduled;
+                    }
+                }
+                return Refetch::Throttled;
+            }
         }
-        if store.set(&key, now_s.to_string().as_bytes(), cas).is_err() {
+        let claim = format!("{now_s} {}", p.seen_cas.unwrap_or(0));
+        if store.set(&key, claim.as_bytes(), cas).is_err() {
             // Another worker claimed this refetch just now: its result arrives through shared data.
+            let wait_s = plan.timeout_ms.div_ceil(1000).saturating_mul(2).max(1);
+            p.awaiting_shared_until = Some(now_s.saturating_add(wait_s));
             return Refetch::Scheduled;
         }
         p.refetch_due = true;
@@ -310,6 +340,11 @@ impl<K> KeyManager<K> {
         let mut outcomes = Vec::new();
         for i in 0..self.providers.len() {
             self.adopt_shared(i, store);
+            if let Some(p) = self.providers.get_mut(i) {
+                if p.awaiting_shared_until.is_some_and(|until| now_s > until) {
+                    p.awaiting_shared_until = None;
+                }
+            }
             let Some(p) = self.providers.get_mut(i) else {
                 continue;
             };
@@ -403,6 +438,7 @@ impl<K> KeyManager<K> {
                 p.seen_cas = cas;
                 // Another worker fetched: ours is no longer needed.
                 p.refetch_due = false;
+                p.awaiting_shared_until = None;
                 p.failures = 0;
             }
             Err(_) => p.seen_cas = cas,
@@ -465,10 +501,23 @@ impl<K> KeyManager<K> {
         };
         match state {
             InFlight::Discovery { .. } => {
+                let expected = p
+                    .plan
+                    .as_ref()
+                    .map(|plan| plan.issuer.clone())
+                    .unwrap_or_default();
                 let uri = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v.get("jwks_uri").and_then(|u| u.as_str()).map(str::to_string))
-                    .ok_or("discovery document has no jwks_uri")
+                    .ok_or("discovery document is not JSON")
+                    .and_then(|v| {
+                        if v.get("issuer").and_then(|i| i.as_str()) != Some(expected.as_str()) {
+                            return Err("discovery document names another issuer");
+                        }
+                        v.get("jwks_uri")
+                            .and_then(|u| u.as_str())
+                            .map(str::to_string)
+                            .ok_or("discovery document has no jwks_uri")
+                    })
                     .and_then(|u| HttpUri::parse(&u).map_err(|_| "discovery jwks_uri is not an http(s) URI"));
                 match uri {
                     Ok(uri) => {
@@ -794,12 +843,29 @@ mod tests {
         );
         assert_eq!(
             b.request_refetch(0, now + 1, &mut store),
-            Refetch::Throttled,
-            "shared throttle"
+            Refetch::Scheduled,
+            "the other worker waits for the refetch already claimed"
+        );
+        assert!(b.fetch_pending(0));
+        assert!(
+            b.poll((now + 1) * 1000, &mut store).0.is_empty(),
+            "and does not fetch itself"
         );
         let (fetches, _) = a.poll(now * 1000, &mut store);
         assert_eq!(fetches.len(), 1, "the refetch ignores the refresh schedule");
         a.on_answer(0, ok(JWKS2), now * 1000, &mut store);
+        b.poll((now + 1) * 1000, &mut store);
+        assert_eq!(
+            b.keys(0).as_deref(),
+            Some(&2),
+            "the waiting worker adopts the refetched keys"
+        );
+        assert!(!b.fetch_pending(0));
+        assert_eq!(
+            b.request_refetch(0, now + 2, &mut store),
+            Refetch::Throttled,
+            "once it has them, the shared throttle holds"
+        );
         assert_eq!(a.request_refetch(0, now + 29, &mut store), Refetch::Throttled);
         assert_eq!(a.request_refetch(0, now + 30, &mut store), Refetch::Scheduled);
     }
@@ -852,8 +918,10 @@ mod tests {
         let (mut store, mut m) = (Store::default(), KeyManager::new(&ps, parse, "w0").unwrap());
         let mut t = T0;
         for doc in [
-            &br#"{"issuer":"x"}"#[..],
-            br#"{"jwks_uri":"ftp://x/y"}"#,
+            &br#"{"issuer":"https://idp.example.org"}"#[..],
+            br#"{"issuer":"https://idp.example.org","jwks_uri":"ftp://x/y"}"#,
+            br#"{"issuer":"https://evil.example.org","jwks_uri":"https://idp.example.org/jwks"}"#,
+            br#"{"jwks_uri":"https://idp.example.org/jwks"}"#,
             b"garbage",
         ] {
             assert_eq!(m.poll(t, &mut store).0.len(), 1);

@@ -32,6 +32,14 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     }
 }
 
+/// Parses `bytes` as one JSON value (of any kind) whose objects never repeat a member name.
+pub fn parse_value(bytes: &[u8]) -> Result<Value, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue::deserialize(&mut de).map_err(classify)?;
+    de.end().map_err(|_| JsonError::Syntax)?;
+    Ok(value.0)
+}
+
 const DUPLICATE: &str = "duplicate member name";
 
 fn classify(e: serde_json::Error) -> JsonError {

@@ -145,7 +145,11 @@ impl Envoy {
                 "--log-level",
                 "info",
             ])
-            .args(["--component-log-level", "wasm:debug"])
+            // `SMART_FHIR_EDGE_ENVOY_LOG=wasm:debug,http:debug` to see more when diagnosing.
+            .args([
+                "--component-log-level",
+                &std::env::var("SMART_FHIR_EDGE_ENVOY_LOG").unwrap_or_else(|_| "wasm:debug".into()),
+            ])
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -120,21 +120,177 @@ impl Idp {
     }
 }
 
-/// The FHIR upstream: answers every request with a small FHIR resource and records it.
+/// The FHIR upstream: a FHIR server holding two patients' data (`123` and `456`) that, like a
+/// server that leaves SMART to the edge, answers whoever asks with whatever matches the type, and
+/// records every request:
+///
+/// * `GET [type]/[id]` (and `/_history/[vid]`): the stored resource, or for an unknown id a bare
+///   resource of that type and id (no subject);
+/// * `GET [type]/[id]/_history`: a history Bundle of the resource;
+/// * searches (`GET [type]?…`, `POST [type]/_search`, `Patient/[id]/[type]`, `Patient/[id]/$everything`):
+///   a searchset of *every* stored resource of the type (all types for `$everything`), with every
+///   Patient `_include`d when asked, paged two by two (`page=2`, a `next` link under
+///   `https://ehr.example/fhir` and a `prev` link to an internal host), `total` counting all;
+/// * `POST [base]` with a batch or transaction: a `batch-response` answering each read entry;
+/// * other writes: `201`/`200` with `{"resourceType": type}`.
 pub fn fhir_upstream() -> Server {
-    Server::start(|req| {
-        let rt = req
-            .path
-            .trim_start_matches("/fhir/")
-            .split(['/', '?'])
-            .next()
-            .unwrap_or("")
-            .to_string();
-        Response::json(
+    Server::start(fhir_answer)
+}
+
+/// The resources [`fhir_upstream`] holds: patient `123`'s and patient `456`'s.
+pub fn fhir_store() -> Vec<Value> {
+    let obs = |id: &str, patient: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "weight"},
+               "valueQuantity": {"value": 72.50, "unit": "kg"}, "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    vec![
+        json!({"resourceType": "Patient", "id": "123", "name": [{"family": "Own"}]}),
+        json!({"resourceType": "Patient", "id": "456", "name": [{"family": "Other"}]}),
+        obs("o1", "123"),
+        obs("o2", "456"),
+        obs("o3", "123"),
+        obs("o4", "456"),
+        json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/123"}}),
+        json!({"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/456"}}),
+        json!({"resourceType": "Practitioner", "id": "77", "name": [{"family": "Doc"}]}),
+    ]
+}
+
+/// Base URL the upstream writes in links and `fullUrl`s (configure it as `fhir_base_urls`).
+pub const FHIR_BASE_URL: &str = "https://ehr.example/fhir";
+
+fn fhir_answer(req: &crate::http1::Request) -> Response {
+    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    let rest = path.strip_prefix("/fhir").unwrap_or(path).trim_start_matches('/');
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let store = fhir_store();
+    let of_type =
+        |t: &str| -> Vec<Value> { store.iter().filter(|r| r["resourceType"] == t).cloned().collect() };
+    let find = |t: &str, id: &str| {
+        store
+            .iter()
+            .find(|r| r["resourceType"] == t && r["id"] == id)
+            .cloned()
+    };
+    let json_resp = |status: u16, v: Value| Response::json(status, v.to_string());
+    let method = req.method.as_str();
+    match (method, segments.as_slice()) {
+        ("GET", ["metadata"]) => json_resp(
             200,
-            json!({"resourceType": if rt.is_empty() { "Bundle".into() } else { rt }}).to_string(),
-        )
-    })
+            json!({"resourceType": "CapabilityStatement", "status": "active"}),
+        ),
+        ("POST", []) => {
+            let bundle: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let entries: Vec<Value> = bundle["entry"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            let url = e["request"]["url"].as_str().unwrap_or("");
+                            let mut parts = url.trim_start_matches('/').split('/');
+                            let (t, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                            match (e["request"]["method"].as_str(), find(t, id)) {
+                                (Some("GET"), Some(r)) => {
+                                    json!({"resource": r, "response": {"status": "200 OK"}})
+                                }
+                                (Some("GET"), None) => json!({"response": {"status": "404 Not Found"}}),
+                                _ => json!({"response": {"status": "201 Created"}}),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let kind = if bundle["type"] == "transaction" {
+                "transaction-response"
+            } else {
+                "batch-response"
+            };
+            json_resp(
+                200,
+                json!({"resourceType": "Bundle", "type": kind, "entry": entries}),
+            )
+        }
+        ("GET" | "HEAD", [t, id]) if !t.starts_with('$') && !id.starts_with('$') && *id != "_history" => {
+            json_resp(
+                200,
+                find(t, id).unwrap_or_else(|| json!({"resourceType": t, "id": id})),
+            )
+        }
+        ("GET", [t, id, "_history", _vid]) => json_resp(
+            200,
+            find(t, id).unwrap_or_else(|| json!({"resourceType": t, "id": id})),
+        ),
+        ("GET", [t, id, "_history"]) => {
+            let entries: Vec<Value> = find(t, id)
+                .into_iter()
+                .map(|r| {
+                    json!({"resource": r, "request": {"method": "PUT", "url": format!("{t}/{id}")},
+                                 "response": {"status": "200 OK"}})
+                })
+                .collect();
+            json_resp(
+                200,
+                json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "entry": entries}),
+            )
+        }
+        ("GET", [t]) | ("POST", [t, "_search"]) | ("GET", ["Patient", _, t]) => {
+            let form = if method == "POST" {
+                String::from_utf8_lossy(&req.body).into_owned()
+            } else {
+                String::new()
+            };
+            let params = format!("{query}&{form}");
+            let all = if *t == "$everything" {
+                store.clone()
+            } else {
+                of_type(t)
+            };
+            json_resp(200, searchset(&all, &params, t))
+        }
+        ("GET", _) => json_resp(
+            200,
+            json!({"resourceType": "CapabilityStatement", "status": "active"}),
+        ),
+        ("POST", [t]) => json_resp(201, json!({"resourceType": t})),
+        (_, [t, ..]) => json_resp(200, json!({"resourceType": t})),
+        _ => json_resp(
+            200,
+            json!({"resourceType": "Bundle", "type": "searchset", "total": 0}),
+        ),
+    }
+}
+
+/// A searchset page (two matches a page) of `all`, with every Patient included when asked.
+fn searchset(all: &[Value], params: &str, t: &str) -> Value {
+    let page: usize = params
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("page="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let matches: Vec<&Value> = all.iter().skip((page.max(1) - 1) * 2).take(2).collect();
+    let mut entry: Vec<Value> = matches
+        .iter()
+        .map(|r| {
+            json!({"fullUrl": format!("{FHIR_BASE_URL}/{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")),
+                   "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    if params.contains("_include=") {
+        for p in fhir_store()
+            .into_iter()
+            .filter(|r| r["resourceType"] == "Patient")
+        {
+            entry.push(json!({"resource": p, "search": {"mode": "include"}}));
+        }
+    }
+    let mut link = vec![json!({"relation": "self", "url": format!("{FHIR_BASE_URL}/{t}?page={page}")})];
+    if page * 2 < all.len() {
+        link.push(json!({"relation": "next", "url": format!("{FHIR_BASE_URL}/{t}?page={}", page + 1)}));
+    }
+    if page > 1 {
+        link.push(json!({"relation": "previous", "url": format!("http://fhir-internal:8080/fhir/{t}?page={}", page - 1)}));
+    }
+    json!({"resourceType": "Bundle", "type": "searchset", "total": all.len(), "link": link, "entry": entry})
 }
 
 /// The plugin configuration the suite uses by default (issuer and audience of the test keys).

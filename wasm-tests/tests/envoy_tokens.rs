@@ -1,6 +1,8 @@
 //! Real Envoy: bearer tokens are verified against the identity provider's keys, fetched through an
 //! Envoy cluster; key rotation, an identity provider that is down, and kid storms.
 
+#![allow(clippy::type_complexity)] // test tables are tuples
+
 use std::time::Duration;
 
 use smart_fhir_edge::token::test_support::Signer;

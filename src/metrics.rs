@@ -1,0 +1,459 @@
+//! Metric names and the per-VM registry: every metric is defined once per VM (on first use) and
+//! then updated by id through a [`MetricHost`] (proxy-wasm `define_metric`, `increment_metric`,
+//! `record_metric` in the adapter).
+//!
+//! Names follow Envoy's conventions: dot-separated, and the filter's metrics start with
+//! `smart_fhir_edge.`. Envoy files a Wasm module's metrics under its `wasmcustom.` namespace and
+//! Prometheus output drops that namespace. Tag values are embedded as `.<tag>.<value>` segments
+//! after the metric's own name (the reason code, which may contain dots, is always last), so that
+//! the `stats_config.stats_tags` rules in [`STATS_TAGS`] turn them into Prometheus labels:
+//!
+//! ```text
+//! wasmcustom.smart_fhir_edge.requests_total.decision.deny.reason.invalid_token.expired
+//!   -> smart_fhir_edge_requests_total{decision="deny",reason="invalid_token.expired"}
+//! ```
+//!
+//! Without those rules every tag combination is its own flat metric name, which still scrapes.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use crate::audit::AuditRecord;
+use crate::jwks::VerifyingKey;
+use crate::token::{Algorithm, SignatureError, SignatureVerifier};
+
+/// Prefix of every metric this filter defines.
+pub const PREFIX: &str = "smart_fhir_edge";
+
+/// Requests decided, by decision and reason (counter).
+pub const REQUESTS: &str = "smart_fhir_edge.requests_total";
+/// Requests decided, by FHIR interaction kind (`none` when unclassified) (counter).
+pub const INTERACTIONS: &str = "smart_fhir_edge.interactions_total";
+/// Verified-token cache hits (counter).
+pub const TOKEN_CACHE_HITS: &str = "smart_fhir_edge.token_cache_hits_total";
+/// Verified-token cache misses: tokens verified afresh (counter).
+pub const TOKEN_CACHE_MISSES: &str = "smart_fhir_edge.token_cache_misses_total";
+/// Time spent in one signature verification, microseconds (histogram).
+pub const SIGNATURE_VERIFICATION_US: &str = "smart_fhir_edge.signature_verification_us";
+/// Key-set fetches by provider index and outcome (`updated`, `unchanged`, `discovered`,
+/// `failed`) (counter).
+pub const JWKS_FETCHES: &str = "smart_fhir_edge.jwks_fetches_total";
+/// Seconds since the provider's key set in use was fetched (gauge, per provider index).
+pub const JWKS_KEY_AGE_SECONDS: &str = "smart_fhir_edge.jwks_key_age_seconds";
+/// Revocation-list refreshes by outcome (`updated`, `unchanged`, `failed`) (counter).
+pub const REVOCATION_REFRESHES: &str = "smart_fhir_edge.revocation_refreshes_total";
+/// Response bodies checked, by outcome (`passed`, `filtered`, `refused`) (counter).
+pub const RESPONSE_CHECKS: &str = "smart_fhir_edge.response_checks_total";
+/// AuditEvents the FHIR server accepted (counter).
+pub const AUDIT_EVENTS_SENT: &str = "smart_fhir_edge.audit_events_sent_total";
+/// AuditEvents dropped: queue full, or refused by the server (counter).
+pub const AUDIT_EVENTS_DROPPED: &str = "smart_fhir_edge.audit_events_dropped_total";
+/// AuditEvent Bundles that failed (retried or refused) (counter).
+pub const AUDIT_BATCHES_FAILED: &str = "smart_fhir_edge.audit_batches_failed_total";
+/// The largest linear memory of the plugin's VMs, bytes (gauge; each VM raises it to its own
+/// size on every tick).
+pub const VM_MEMORY_MAX_BYTES: &str = "smart_fhir_edge.vm_memory_max_bytes";
+
+/// Envoy `stats_config.stats_tags` rules (tag name, regex) that turn the embedded tag segments
+/// into labels. The first capture group is removed from the name, the second is the value.
+pub const STATS_TAGS: &[(&str, &str)] = &[
+    (
+        "decision",
+        r"^wasmcustom\.smart_fhir_edge\.requests_total(\.decision\.([^.]+))",
+    ),
+    (
+        "reason",
+        r"^wasmcustom\.smart_fhir_edge\.requests_total\.decision\.[^.]+(\.reason\.(.+))$",
+    ),
+    (
+        "interaction",
+        r"^wasmcustom\.smart_fhir_edge\.interactions_total(\.interaction\.([^.]+))$",
+    ),
+    (
+        "provider",
+        r"^wasmcustom\.smart_fhir_edge\.jwks_[a-z_]+(\.provider\.([0-9]+))",
+    ),
+    (
+        "outcome",
+        r"^wasmcustom\.smart_fhir_edge\.[a-z_]+(?:\.provider\.[0-9]+)?(\.outcome\.([a-z]+))$",
+    ),
+];
+
+/// The kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The host's metrics: define once, then update by id.
+pub trait MetricHost {
+    /// Defines a metric, returning its id (`None` when the host refuses).
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    /// Adds to a counter.
+    fn increment(&mut self, id: u32, delta: u64);
+    /// Sets a gauge or records a histogram value.
+    fn record(&mut self, id: u32, value: u64);
+}
+
+/// A metric name with tag segments: `base.tag.value...`. Values are kept as they are except
+/// characters Envoy stat names and tag regexes cannot carry (controls, spaces, `:`), replaced by `_`.
+pub fn tagged(base: &str, tags: &[(&str, &str)]) -> String {
+    let mut s = base.to_string();
+    for (tag, value) in tags {
+        s.push('.');
+        s.push_str(tag);
+        s.push('.');
+        s.extend(value.chars().map(|c| {
+            if c.is_control() || c.is_whitespace() || c == ':' {
+                '_'
+            } else {
+                c
+            }
+        }));
+    }
+    s
+}
+
+/// The metrics of one VM: ids by name.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ids: HashMap<String, Option<u32>>,
+}
+
+impl Metrics {
+    fn id(&mut self, host: &mut dyn MetricHost, kind: MetricKind, name: String) -> Option<u32> {
+        if let Some(id) = self.ids.get(&name) {
+            return *id;
+        }
+        let id = host.define(kind, &name);
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// Adds `delta` to a counter.
+    pub fn count(&mut self, host: &mut dyn MetricHost, name: String, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.id(host, MetricKind::Counter, name) {
+            host.increment(id, delta);
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn gauge(&mut self, host: &mut dyn MetricHost, name: String, value: u64) {
+        if let Some(id) = self.id(host, MetricKind::Gauge, name) {
+            host.record(id, value);
+        }
+    }
+
+    /// Records a histogram value.
+    pub fn observe(&mut self, host: &mut dyn MetricHost, name: String, value: u64) {
+        if let Some(id) = self.id(host, MetricKind::Histogram, name) {
+            host.record(id, value);
+        }
+    }
+
+    /// Counts a decided request: by decision and reason, by interaction, and the cache lookup.
+    pub fn on_decision(&mut self, host: &mut dyn MetricHost, record: &AuditRecord) {
+        let requests = tagged(
+            REQUESTS,
+            &[("decision", record.decision.as_str()), ("reason", record.reason)],
+        );
+        self.count(host, requests, 1);
+        let kind = record.interaction.unwrap_or("none");
+        self.count(host, tagged(INTERACTIONS, &[("interaction", kind)]), 1);
+        match record.token_cache_hit {
+            Some(true) => self.count(host, TOKEN_CACHE_HITS.to_string(), 1),
+            Some(false) => self.count(host, TOKEN_CACHE_MISSES.to_string(), 1),
+            None => {}
+        }
+    }
+
+    /// Counts a checked response by outcome (`passed`, `filtered`, `refused`).
+    pub fn on_response_check(&mut self, host: &mut dyn MetricHost, outcome: &str) {
+        self.count(host, tagged(RESPONSE_CHECKS, &[("outcome", outcome)]), 1);
+    }
+
+    /// Counts a key-set fetch outcome (`updated`, `unchanged`, `discovered`, `failed`).
+    pub fn on_jwks_fetch(&mut self, host: &mut dyn MetricHost, provider: usize, outcome: &str) {
+        let p = provider.to_string();
+        let name = tagged(JWKS_FETCHES, &[("provider", &p), ("outcome", outcome)]);
+        self.count(host, name, 1);
+    }
+
+    /// Sets a provider's key-set age.
+    pub fn set_key_age(&mut self, host: &mut dyn MetricHost, provider: usize, age_s: u64) {
+        let p = provider.to_string();
+        self.gauge(host, tagged(JWKS_KEY_AGE_SECONDS, &[("provider", &p)]), age_s);
+    }
+
+    /// Predefines the metrics every dashboard reads, so they scrape as 0 before the first event.
+    pub fn predefine(&mut self, host: &mut dyn MetricHost, providers: usize, audit_sink: bool) {
+        for name in [TOKEN_CACHE_HITS, TOKEN_CACHE_MISSES] {
+            self.id(host, MetricKind::Counter, name.to_string());
+        }
+        self.id(host, MetricKind::Histogram, SIGNATURE_VERIFICATION_US.to_string());
+        for p in 0..providers {
+            let p = p.to_string();
+            for outcome in ["updated", "unchanged", "failed"] {
+                let name = tagged(JWKS_FETCHES, &[("provider", &p), ("outcome", outcome)]);
+                self.id(host, MetricKind::Counter, name);
+            }
+        }
+        if audit_sink {
+            for name in [AUDIT_EVENTS_SENT, AUDIT_EVENTS_DROPPED, AUDIT_BATCHES_FAILED] {
+                self.id(host, MetricKind::Counter, name.to_string());
+            }
+        }
+    }
+}
+
+/// A signature verifier that measures every verification with an injected clock (microseconds)
+/// and keeps the durations for the caller to record.
+pub struct TimedVerifier<'a, C: Fn() -> u64> {
+    inner: &'a dyn SignatureVerifier,
+    clock_us: C,
+    samples: Cell<[u64; 4]>,
+    len: Cell<usize>,
+}
+
+impl<'a, C: Fn() -> u64> TimedVerifier<'a, C> {
+    pub fn new(inner: &'a dyn SignatureVerifier, clock_us: C) -> Self {
+        TimedVerifier {
+            inner,
+            clock_us,
+            samples: Cell::new([0; 4]),
+            len: Cell::new(0),
+        }
+    }
+
+    /// The measured durations (at most four per decision are kept).
+    pub fn samples(&self) -> Vec<u64> {
+        let s = self.samples.get();
+        s.get(..self.len.get()).map(<[u64]>::to_vec).unwrap_or_default()
+    }
+}
+
+impl<C: Fn() -> u64> SignatureVerifier for TimedVerifier<'_, C> {
+    fn verify(
+        &self,
+        alg: Algorithm,
+        key: &VerifyingKey,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let start = (self.clock_us)();
+        let result = self.inner.verify(alg, key, signing_input, signature);
+        let took = (self.clock_us)().saturating_sub(start);
+        let n = self.len.get();
+        let mut s = self.samples.get();
+        if let Some(slot) = s.get_mut(n) {
+            *slot = took;
+            self.samples.set(s);
+            self.len.set(n + 1);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::audit::Verdict;
+    use crate::claims::VerifiedClaims;
+    use crate::config::Mode;
+    use crate::decision::{Decision, Facts, RequestFacts};
+    use crate::denial::Denial;
+
+    #[derive(Default)]
+    struct Host {
+        defined: Vec<(MetricKind, String)>,
+        values: HashMap<u32, u64>,
+        refuse: bool,
+    }
+
+    impl MetricHost for Host {
+        fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+            if self.refuse {
+                return None;
+            }
+            self.defined.push((kind, name.to_string()));
+            Some(self.defined.len() as u32 - 1)
+        }
+        fn increment(&mut self, id: u32, delta: u64) {
+            *self.values.entry(id).or_default() += delta;
+        }
+        fn record(&mut self, id: u32, value: u64) {
+            self.values.insert(id, value);
+        }
+    }
+
+    impl Host {
+        fn value(&self, name: &str) -> Option<u64> {
+            let id = self.defined.iter().position(|(_, n)| n == name)? as u32;
+            Some(self.values.get(&id).copied().unwrap_or(0))
+        }
+    }
+
+    fn record_for(d: &Decision, mode: Mode) -> AuditRecord {
+        let req = RequestFacts {
+            method: "GET",
+            path: "/fhir/Patient/1",
+            headers: &[],
+        };
+        AuditRecord::for_decision(d, mode, "r", &req, 0).unwrap()
+    }
+
+    #[test]
+    fn names_embed_tags_after_the_metric_name_with_the_reason_last() {
+        assert_eq!(
+            tagged(
+                REQUESTS,
+                &[("decision", "deny"), ("reason", "invalid_token.expired")]
+            ),
+            "smart_fhir_edge.requests_total.decision.deny.reason.invalid_token.expired"
+        );
+        assert_eq!(
+            tagged(JWKS_KEY_AGE_SECONDS, &[("provider", "0")]),
+            "smart_fhir_edge.jwks_key_age_seconds.provider.0"
+        );
+        assert_eq!(tagged("m", &[("t", "a b:c\n")]), "m.t.a_b_c_");
+        for (_, re) in STATS_TAGS {
+            assert!(
+                re.starts_with(r"^wasmcustom\.smart_fhir_edge\."),
+                "anchored: {re}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_each_decision_by_reason_interaction_and_cache_lookup_and_defines_once() {
+        let mut host = Host::default();
+        let mut m = Metrics::default();
+        let verified = Facts {
+            interaction: Some("read"),
+            token_hash: Some("ab".into()),
+            cache_hit: true,
+            claims: Some(Rc::new(VerifiedClaims::default())),
+            ..Facts::default()
+        };
+        let missing = Decision::Deny(Denial::MissingToken, Box::default());
+        let allowed = Decision::Allow(crate::decision::Allowed {
+            set_headers: Vec::new().into(),
+            new_path: None,
+            facts: verified.clone(),
+            pending: None,
+        });
+        let miss = Decision::Allow(crate::decision::Allowed {
+            set_headers: Vec::new().into(),
+            new_path: None,
+            facts: Facts {
+                cache_hit: false,
+                ..verified
+            },
+            pending: None,
+        });
+        for (d, mode) in [
+            (&missing, Mode::Enforce),
+            (&missing, Mode::Enforce),
+            (&missing, Mode::AuditOnly),
+            (&allowed, Mode::Enforce),
+            (&allowed, Mode::Enforce),
+            (&miss, Mode::Enforce),
+        ] {
+            let r = record_for(d, mode);
+            m.on_decision(&mut host, &r);
+        }
+        let table = [
+            (
+                "smart_fhir_edge.requests_total.decision.deny.reason.missing_token",
+                2,
+            ),
+            (
+                "smart_fhir_edge.requests_total.decision.audit-only-deny.reason.missing_token",
+                1,
+            ),
+            ("smart_fhir_edge.requests_total.decision.allow.reason.allowed", 3),
+            ("smart_fhir_edge.interactions_total.interaction.none", 3),
+            ("smart_fhir_edge.interactions_total.interaction.read", 3),
+            (TOKEN_CACHE_HITS, 2),
+            (TOKEN_CACHE_MISSES, 1),
+        ];
+        for (name, want) in table {
+            assert_eq!(host.value(name), Some(want), "{name}");
+        }
+        assert_eq!(host.defined.len(), table.len(), "each metric defined once");
+        assert_eq!(Verdict::AuditOnlyDeny.as_str(), "audit-only-deny");
+    }
+
+    #[test]
+    fn gauges_set_and_histograms_record_and_a_refusing_host_is_asked_once() {
+        let mut host = Host::default();
+        let mut m = Metrics::default();
+        m.set_key_age(&mut host, 1, 40);
+        m.set_key_age(&mut host, 1, 41);
+        assert_eq!(
+            host.value("smart_fhir_edge.jwks_key_age_seconds.provider.1"),
+            Some(41)
+        );
+        m.on_jwks_fetch(&mut host, 0, "failed");
+        assert_eq!(
+            host.value("smart_fhir_edge.jwks_fetches_total.provider.0.outcome.failed"),
+            Some(1)
+        );
+        let mut refusing = Host {
+            refuse: true,
+            ..Host::default()
+        };
+        let mut m = Metrics::default();
+        m.count(&mut refusing, "x".into(), 1);
+        refusing.refuse = false;
+        m.count(&mut refusing, "x".into(), 1);
+        assert!(
+            refusing.defined.is_empty(),
+            "a refused definition is not retried per request"
+        );
+    }
+
+    #[test]
+    fn predefines_the_dashboard_metrics() {
+        let mut host = Host::default();
+        Metrics::default().predefine(&mut host, 2, true);
+        let names: Vec<&str> = host.defined.iter().map(|(_, n)| n.as_str()).collect();
+        assert!(names.contains(&"smart_fhir_edge.jwks_fetches_total.provider.1.outcome.unchanged"));
+        assert!(names.contains(&AUDIT_EVENTS_DROPPED));
+        assert!(host
+            .defined
+            .contains(&(MetricKind::Histogram, SIGNATURE_VERIFICATION_US.to_string())));
+    }
+
+    struct Fixed(Result<(), SignatureError>);
+    impl SignatureVerifier for Fixed {
+        fn verify(&self, _: Algorithm, _: &VerifyingKey, _: &[u8], _: &[u8]) -> Result<(), SignatureError> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn the_timed_verifier_measures_each_call_and_keeps_the_verdict() {
+        let ticks = Cell::new(0u64);
+        let clock = || {
+            ticks.set(ticks.get() + 150);
+            ticks.get()
+        };
+        let key = crate::jwks::KeySet::from_jwks(&crate::token::test_support::default_jwks()).unwrap();
+        let vk = key.keys().first().unwrap().clone();
+        for verdict in [Ok(()), Err(SignatureError::Invalid)] {
+            let inner = Fixed(verdict.clone());
+            let t = TimedVerifier::new(&inner, clock);
+            assert_eq!(t.verify(Algorithm::RS256, &vk, b"in", b"sig"), verdict);
+            assert_eq!(t.verify(Algorithm::RS256, &vk, b"in", b"sig"), verdict);
+            assert_eq!(t.samples(), vec![150, 150]);
+        }
+    }
+}

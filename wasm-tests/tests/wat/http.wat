@@ -1,0 +1,98 @@
+;; A tiny HTTP filter for the harness self-tests. Request header `x-action` selects the behaviour:
+;;   (absent) add `x-seen: 1` and continue      p... pause
+;;   r...     local reply 403 "denied" + x-why   d... dispatch a callout to cluster `idp`, pause;
+;;            on the answer: 2xx -> continue, other status -> 502, no :status (reset) -> 503
+;; Every response gets `x-stamp: 1`. A plugin configuration starting with `b` is refused.
+;; A response carrying `x-replace` is replaced by a local reply 418 "teapot" from the response path.
+;; The response-headers and log callbacks log the status of reading request header `:path`
+;; ('0' + status).
+(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_effective (param i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (global $waiting (mut i32) (i32.const 0))
+  (data (i32.const 200) "x-action")
+  (data (i32.const 210) "x-seen")
+  (data (i32.const 216) "1")
+  (data (i32.const 220) "x-stamp")
+  (data (i32.const 230) "denied")
+  ;; serialized pairs [("x-why", "test")]: 23 bytes
+  (data (i32.const 240) "\01\00\00\00\05\00\00\00\04\00\00\00x-why\00test\00")
+  (data (i32.const 300) "idp")
+  ;; serialized pairs [(":method","GET"),(":path","/jwks"),(":authority","idp")]: 67 bytes
+  (data (i32.const 320) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\05\00\00\00\0a\00\00\00\03\00\00\00:method\00GET\00:path\00/jwks\00:authority\00idp\00")
+  (data (i32.const 400) ":status")
+  (data (i32.const 420) "on_log")
+  (data (i32.const 470) ":path")
+  (data (i32.const 480) "x-replace")
+  (data (i32.const 490) "teapot")
+  (func $status (param $st i32)
+    (i32.store8 (i32.const 600) (i32.add (i32.const 48) (local.get $st)))
+    (drop (call $log (i32.const 2) (i32.const 600) (i32.const 1))))
+  ;; 34 bytes
+  (data (i32.const 430) "invalid configuration: field `bad`")
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param $root i32) (param $size i32) (result i32)
+    (if (i32.eqz (local.get $size)) (then (return (i32.const 1))))
+    (drop (call $get_buffer (i32.const 7) (i32.const 0) (local.get $size) (i32.const 500) (i32.const 504)))
+    (if (i32.eq (i32.load8_u (i32.load (i32.const 500))) (i32.const 0x62))
+      (then
+        (drop (call $log (i32.const 4) (i32.const 430) (i32.const 34)))
+        (return (i32.const 0))))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (local $c i32)
+    (if (i32.ne (call $get_header (i32.const 0) (i32.const 200) (i32.const 8) (i32.const 500) (i32.const 504)) (i32.const 0))
+      (then
+        (drop (call $add_header (i32.const 0) (i32.const 210) (i32.const 6) (i32.const 216) (i32.const 1)))
+        (return (i32.const 0))))
+    (local.set $c (i32.load8_u (i32.load (i32.const 500))))
+    (if (i32.eq (local.get $c) (i32.const 0x70)) (then (return (i32.const 1))))
+    (if (i32.eq (local.get $c) (i32.const 0x72))
+      (then
+        (drop (call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 230) (i32.const 6) (i32.const 240) (i32.const 23) (i32.const -1)))
+        (return (i32.const 1))))
+    (if (i32.eq (local.get $c) (i32.const 0x64))
+      (then
+        (global.set $waiting (local.get $ctx))
+        (drop (call $http_call (i32.const 300) (i32.const 3) (i32.const 320) (i32.const 67) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 508)))
+        (return (i32.const 1))))
+    (drop (call $add_header (i32.const 0) (i32.const 210) (i32.const 6) (i32.const 216) (i32.const 1)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (call $status (call $get_header (i32.const 0) (i32.const 470) (i32.const 5) (i32.const 520) (i32.const 524)))
+    (drop (call $add_header (i32.const 2) (i32.const 220) (i32.const 7) (i32.const 216) (i32.const 1)))
+    (if (i32.eqz (call $get_header (i32.const 2) (i32.const 480) (i32.const 9) (i32.const 520) (i32.const 524)))
+      (then
+        (drop (call $reply (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 490) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (return (i32.const 1))))
+    (i32.const 0))
+  (func (export "proxy_on_http_call_response") (param $root i32) (param $token i32) (param $nh i32) (param $nb i32) (param $nt i32)
+    (drop (call $set_effective (global.get $waiting)))
+    (if (i32.ne (call $get_header (i32.const 6) (i32.const 400) (i32.const 7) (i32.const 500) (i32.const 504)) (i32.const 0))
+      (then
+        (drop (call $reply (i32.const 503) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (return)))
+    (if (i32.eq (i32.load8_u (i32.load (i32.const 500))) (i32.const 0x32))
+      (then (drop (call $continue (i32.const 0))) (return)))
+    (drop (call $reply (i32.const 502) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))))
+  (func (export "proxy_on_log") (param i32)
+    (call $status (call $get_header (i32.const 0) (i32.const 470) (i32.const 5) (i32.const 520) (i32.const 524)))
+    (drop (call $log (i32.const 2) (i32.const 420) (i32.const 6))))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_delete") (param i32))
+)
