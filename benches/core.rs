@@ -238,6 +238,8 @@ fn main() {
 
     // The whole decision, with the verified-token cache answering.
     let mut engine = Engine::new(config.clone(), "bench").unwrap();
+    // As the adapter does with `body_checks` (the default): searches are checked on the response.
+    engine.set_body_checks(true);
     let mut store = MemoryStore::default();
     let headers = request_headers(&token(Algorithm::RS256, 0));
     let now_ms = NOW * 1000;
@@ -258,8 +260,10 @@ fn main() {
         "/fhir/Patient/123",
         &mut engine
     ));
+    let search = decide("/fhir/Observation?code=8867-4", &mut engine);
     assert!(
-        matches!(decide("/fhir/Observation?code=8867-4", &mut engine), Decision::Allow(a) if a.new_path.is_some())
+        matches!(&search, Decision::Allow(a) if a.new_path.is_some()),
+        "the search is constrained: {search:?}"
     );
     case!("Engine::decide, cache hit, search constrained", || decide(
         "/fhir/Observation?code=8867-4",
