@@ -18,10 +18,13 @@ use std::rc::Rc;
 
 use crate::authz;
 use crate::claims::VerifiedClaims;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, IntrospectionMode};
 use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
-use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
+use crate::introspection::{
+    self, Answer, AnswerError, Cached, Introspected, IntrospectionRequest, Settled, TokenKey,
+};
+use crate::jwks::cache::{FetchAnswer, KeyManager, Refetch, SharedStore};
 use crate::jwks::KeySet;
 use crate::revocation::Revocation;
 use crate::scope::GrantedScopes;
@@ -83,10 +86,35 @@ pub struct Facts {
     pub claims: Option<Rc<VerifiedClaims>>,
     /// Scope context that allowed the request (`patient`, `user`, `system`).
     pub allowed_by: Option<&'static str>,
-    /// Whether the verified-token cache answered.
+    /// Whether the verified-token cache answered (the introspection cache, for a token that is not
+    /// a JWT).
     pub cache_hit: bool,
+    /// What the token's verdict came from, when a token was looked at.
+    pub token_source: Option<TokenSource>,
     /// The request was public (no token needed).
     pub public: bool,
+}
+
+/// What decided about a token: its JWT check, or an introspection answer (cached or live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The JWS signature and claims, checked at the edge.
+    Jwt,
+    /// An introspection answer from this VM's cache.
+    IntrospectionCached,
+    /// An introspection callout this request waited for (or its failure).
+    IntrospectionLive,
+}
+
+impl TokenSource {
+    /// The value written in audit records (`token_source`) and metric tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Jwt => "jwt",
+            TokenSource::IntrospectionCached => "introspection_cached",
+            TokenSource::IntrospectionLive => "introspection_live",
+        }
+    }
 }
 
 /// A request allowed: what to change before forwarding it.
@@ -137,6 +165,27 @@ pub enum Decision {
         generation: u64,
         deadline_ms: u64,
     },
+    /// The token must be introspected: pause the request until the answer for `key` arrives (then
+    /// decide again with it, [`Engine::decide_introspected`]) or `deadline_ms` passes (decide again
+    /// with [`AnswerError::Unreachable`]). `request` is the callout to send; `None` when one for the
+    /// same token is already in flight (concurrent requests share it).
+    AwaitIntrospection {
+        key: TokenKey,
+        request: Option<Box<IntrospectionRequest>>,
+        deadline_ms: u64,
+    },
+}
+
+/// Time a request waits for an introspection beyond the callout's own timeout, in case the host
+/// never answers (Envoy answers a timed-out callout itself).
+pub const INTROSPECTION_WAIT_MARGIN_MS: u64 = 1000;
+
+/// The introspecting provider (at most one: opaque tokens name no issuer to choose by).
+struct Introspecting {
+    provider: usize,
+    answers: introspection::Cache,
+    /// Tokens whose callout is in flight, with the time it is given up on.
+    in_flight: std::collections::HashMap<TokenKey, u64>,
 }
 
 /// Everything a VM decides with.
@@ -148,6 +197,7 @@ pub struct Engine {
     /// requests that need them are refused as before (fail closed).
     body_checks: bool,
     revocation: Revocation,
+    introspecting: Option<Introspecting>,
 }
 
 impl KeyLookup for KeyManager<KeySet> {
@@ -163,22 +213,23 @@ fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
 impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
-        // The introspection block is parsed and validated, but the request path does not call
-        // the endpoint yet: refuse it rather than accept a setting that would not be honoured.
-        if let Some(i) = config.providers.iter().position(|p| p.introspection.is_some()) {
-            return Err(ConfigError::new(
-                format!("providers[{i}].introspection"),
-                "token introspection is not supported by this version yet",
-            ));
-        }
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
         let revocation = Revocation::new(&config.revocation, owner);
+        // Configuration allows one introspecting provider at most.
+        let introspecting = config.providers.iter().enumerate().find_map(|(provider, p)| {
+            p.introspection.as_ref().map(|i| Introspecting {
+                provider,
+                answers: introspection::Cache::new(i.max_entries),
+                in_flight: std::collections::HashMap::new(),
+            })
+        });
         Ok(Engine {
             config: Rc::new(config),
             keys,
             cache: TokenCache::default(),
             body_checks: false,
             revocation,
+            introspecting,
         })
     }
 
@@ -248,8 +299,8 @@ impl Engine {
         &mut self.revocation
     }
 
-    /// Decides one request. `may_wait` is false when deciding again after a wait: the request is
-    /// then answered, never paused again.
+    /// Decides one request. `may_wait` is false when deciding again after a wait for keys: the
+    /// request is then answered, never paused for keys again.
     pub fn decide(
         &mut self,
         req: &RequestFacts<'_>,
@@ -257,6 +308,79 @@ impl Engine {
         store: &mut dyn SharedStore,
         verifier: &dyn SignatureVerifier,
         may_wait: bool,
+    ) -> Decision {
+        self.decide_inner(req, now_ms, store, verifier, may_wait, None)
+    }
+
+    /// Decides again a request that waited for the introspection of its token, with its outcome
+    /// (answered, never paused again).
+    pub fn decide_introspected(
+        &mut self,
+        req: &RequestFacts<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+        verifier: &dyn SignatureVerifier,
+        answer: &Introspected,
+    ) -> Decision {
+        self.decide_inner(req, now_ms, store, verifier, false, Some(answer))
+    }
+
+    /// Takes the answer of the introspection callout for `key`: maps it to the token's facts (or
+    /// inactive, or failed), caches it, and returns it for the requests that waited for it.
+    pub fn on_introspection_answer(&mut self, key: TokenKey, answer: FetchAnswer, now_ms: u64) -> Introspected {
+        let failed = |e| Introspected {
+            key,
+            settled: Settled::Failed(e),
+        };
+        let config = &*self.config;
+        let Some(intro) = self.introspecting.as_mut() else {
+            return failed(AnswerError::Unreachable);
+        };
+        intro.in_flight.remove(&key);
+        let Some((provider, settings)) = config
+            .providers
+            .get(intro.provider)
+            .and_then(|p| p.introspection.as_ref().map(|i| (p, i)))
+        else {
+            return failed(AnswerError::Unreachable);
+        };
+        let now_s = now_ms / 1000;
+        let parsed = match answer {
+            FetchAnswer::Failed => Err(AnswerError::Unreachable),
+            FetchAnswer::Response { status, body } => {
+                introspection::parse_answer(provider, &config.patient_claim, status, &body, now_s)
+            }
+        };
+        let settled = match parsed {
+            Ok(Answer::Active(claims)) => {
+                let entry = Rc::new(CachedToken {
+                    granted: GrantedScopes::parse(&claims.scopes),
+                    forwarded: Rc::from(verified_headers(&claims)),
+                    claims: Rc::new(claims),
+                    token_hash: key_fingerprint(&key),
+                });
+                intro
+                    .answers
+                    .insert(key, Cached::Active(entry.clone()), settings, now_s);
+                Settled::Active(entry)
+            }
+            Ok(Answer::Inactive(why)) => {
+                intro.answers.insert(key, Cached::Inactive, settings, now_s);
+                Settled::Inactive(why)
+            }
+            Err(e) => Settled::Failed(e),
+        };
+        Introspected { key, settled }
+    }
+
+    fn decide_inner(
+        &mut self,
+        req: &RequestFacts<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+        verifier: &dyn SignatureVerifier,
+        may_wait: bool,
+        answer: Option<&Introspected>,
     ) -> Decision {
         let mut facts = Facts::default();
         let config = &*self.config;
@@ -335,7 +459,29 @@ impl Engine {
         };
         let now_s = now_ms / 1000;
         let generation = self.keys.generations();
-        let entry = if let Some(entry) = self.cache.get(token, now_s, generation) {
+        // A token that is not a JWS is introspected by the introspecting provider, if any.
+        let opaque = self.introspecting.is_some() && !is_jws_shaped(token);
+        let entry = if opaque {
+            if token.len() > config.max_token_bytes {
+                return deny(Denial::InvalidToken(TokenReason::TooLarge), facts);
+            }
+            if let Err(e) = token::check_b64token(token) {
+                return deny(e.denial(), facts);
+            }
+            let key = introspection::token_key(token);
+            facts.token_hash = Some(key_fingerprint(&key));
+            let Some(intro) = self.introspecting.as_mut() else {
+                return deny(Denial::Internal, facts);
+            };
+            let verdict = introspect(intro, config, token, &key, now_ms, answer, &mut facts);
+            facts.cache_hit = facts.token_source == Some(TokenSource::IntrospectionCached);
+            match verdict {
+                Ok(entry) => entry,
+                Err(Stop::Deny(d)) => return deny(d, facts),
+                Err(Stop::Wait(w)) => return w,
+            }
+        } else if let Some(entry) = self.cache.get(token, now_s, generation) {
+            facts.token_source = Some(TokenSource::Jwt);
             facts.cache_hit = true;
             facts.token_hash = Some(entry.token_hash.clone());
             entry
@@ -343,6 +489,7 @@ impl Engine {
             if let Err(e) = token::check_b64token(token) {
                 return deny(e.denial(), facts);
             }
+            facts.token_source = Some(TokenSource::Jwt);
             // Hashed (and verified) once per token, until its `exp` or a key change.
             let token_hash = token::token_fingerprint(token);
             facts.token_hash = Some(token_hash.clone());
@@ -387,6 +534,24 @@ impl Engine {
         // The kill switch, on every request (cache hits included).
         if self.revocation.check(&claims).is_some() {
             return deny(Denial::InvalidToken(TokenReason::Revoked), facts);
+        }
+        // A JWT of a provider that introspects `always` must also be active at its provider (its
+        // own verified claims are what authorization reads).
+        if let (false, Some(intro)) = (opaque, self.introspecting.as_mut()) {
+            let always = config.providers.get(intro.provider).is_some_and(|p| {
+                p.issuer == claims.issuer
+                    && p.introspection
+                        .as_ref()
+                        .is_some_and(|i| i.mode == IntrospectionMode::Always)
+            });
+            if always {
+                let key = introspection::token_key(token);
+                match introspect(intro, config, token, &key, now_ms, answer, &mut facts) {
+                    Ok(_) => {}
+                    Err(Stop::Deny(d)) => return deny(d, facts),
+                    Err(Stop::Wait(w)) => return w,
+                }
+            }
         }
 
         // 4. Which FHIR interaction.
@@ -455,6 +620,87 @@ impl Engine {
             facts,
             pending,
         })
+    }
+}
+
+/// Why a token's introspection did not give its facts.
+enum Stop {
+    Deny(Denial),
+    Wait(Decision),
+}
+
+/// A token shaped as a JWS compact serialization (three parts); anything else is opaque.
+fn is_jws_shaped(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// The token's short fingerprint (as [`token::token_fingerprint`]) from its SHA-256.
+fn key_fingerprint(key: &TokenKey) -> String {
+    token::hex(key.get(..6).unwrap_or_default())
+}
+
+/// Bound on the tokens tracked as in flight before stale ones are dropped.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// The introspection verdict on a token: its facts (active), or a refusal, or a wait for the
+/// callout. `answer` is the outcome a waiting request resumes with.
+fn introspect(
+    intro: &mut Introspecting,
+    config: &Config,
+    token: &str,
+    key: &TokenKey,
+    now_ms: u64,
+    answer: Option<&Introspected>,
+    facts: &mut Facts,
+) -> Result<Rc<CachedToken>, Stop> {
+    let Some(settings) = config
+        .providers
+        .get(intro.provider)
+        .and_then(|p| p.introspection.as_ref())
+    else {
+        return Err(Stop::Deny(Denial::Internal));
+    };
+    let settled = match answer.filter(|a| a.key == *key) {
+        Some(a) => {
+            facts.token_source = Some(TokenSource::IntrospectionLive);
+            a.settled.clone()
+        }
+        None => match intro.answers.get(key, now_ms / 1000) {
+            Some(cached) => {
+                facts.token_source = Some(TokenSource::IntrospectionCached);
+                match cached {
+                    Cached::Active(entry) => Settled::Active(entry),
+                    Cached::Inactive => Settled::Inactive("cached"),
+                }
+            }
+            None => {
+                // One callout per token: concurrent requests with the same token wait for it.
+                if let Some(deadline_ms) = intro.in_flight.get(key).copied().filter(|d| *d > now_ms) {
+                    return Err(Stop::Wait(Decision::AwaitIntrospection {
+                        key: *key,
+                        request: None,
+                        deadline_ms,
+                    }));
+                }
+                if intro.in_flight.len() >= MAX_IN_FLIGHT {
+                    intro.in_flight.retain(|_, d| *d > now_ms);
+                }
+                let deadline_ms = now_ms
+                    .saturating_add(settings.timeout_ms)
+                    .saturating_add(INTROSPECTION_WAIT_MARGIN_MS);
+                intro.in_flight.insert(*key, deadline_ms);
+                return Err(Stop::Wait(Decision::AwaitIntrospection {
+                    key: *key,
+                    request: Some(Box::new(introspection::request(settings, token))),
+                    deadline_ms,
+                }));
+            }
+        },
+    };
+    match settled {
+        Settled::Active(entry) => Ok(entry),
+        Settled::Inactive(_) => Err(Stop::Deny(Denial::InvalidToken(TokenReason::Inactive))),
+        Settled::Failed(_) => Err(Stop::Deny(Denial::IntrospectionUnavailable)),
     }
 }
 
@@ -576,18 +822,6 @@ mod tests {
         let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
         e.set_body_checks(true);
         e
-    }
-
-    #[test]
-    fn an_introspection_block_is_refused_until_it_is_honoured() {
-        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
-        let c = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
-            "introspection": {"mode": "always", "endpoint": "https://idp.example.org/introspect", "cluster": "idp",
-                              "client_auth": {"method": "bearer", "token": "t"}}}]});
-        let err = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0")
-            .err()
-            .unwrap();
-        assert_eq!(err.field, "providers[0].introspection");
     }
 
     fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {

@@ -17,7 +17,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use crate::body::ResponseVerdict;
 
 use super::host::{self, HostMetrics, HostSharedData};
-use super::root::{SharedVm, Vm, Waiter};
+use super::root::{IntrospectionWaiter, Root, SharedVm, Vm, Waiter};
 use crate::audit::{AuditRecord, FILTER_STATE_PROPERTY, LOG_PREFIX};
 use crate::audit_event::audit_event;
 use crate::config::Mode;
@@ -25,9 +25,22 @@ use crate::decision::{
     is_forwarded_header, path_with_param, verified_headers, Decision, Pending, RequestFacts,
 };
 use crate::denial::Denial;
+use crate::introspection::Introspected;
+use crate::jwks::cache::FetchAnswer;
 use crate::metrics::{TimedVerifier, SIGNATURE_VERIFICATION_US};
 use crate::outcome::{self, Format, IssueSeverity, OperationOutcome};
 use crate::token::{Fallback, HostVerifier, JwtSimpleVerifier, SignatureVerifier};
+
+/// Which decision of a request this is.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempt<'a> {
+    /// On its headers (it may wait for keys or an introspection).
+    First,
+    /// After waiting for keys (it may not wait for keys again).
+    AfterKeys,
+    /// After waiting for its token's introspection, with the outcome.
+    AfterIntrospection(&'a Introspected),
+}
 
 /// What a stream remembers between callbacks.
 #[derive(Default)]
@@ -162,7 +175,7 @@ impl Stream {
     }
 
     /// Decides (or decides again) and acts. Returns what the header callback should return.
-    fn decide(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, may_wait: bool) -> Action {
+    fn decide(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, attempt: Attempt<'_>) -> Action {
         let mut v = vm.borrow_mut();
         let mut s = state.borrow_mut();
         let now = host::now_ms();
@@ -183,9 +196,19 @@ impl Stream {
         };
         let timed = TimedVerifier::new(inner, host::now_us);
         let vm_state = &mut *v;
-        let decision = vm_state
-            .engine
-            .decide(&facts, now, &mut HostSharedData, &timed, may_wait);
+        let decision = match attempt {
+            Attempt::First => vm_state
+                .engine
+                .decide(&facts, now, &mut HostSharedData, &timed, true),
+            Attempt::AfterKeys => vm_state
+                .engine
+                .decide(&facts, now, &mut HostSharedData, &timed, false),
+            Attempt::AfterIntrospection(answer) => {
+                vm_state
+                    .engine
+                    .decide_introspected(&facts, now, &mut HostSharedData, &timed, answer)
+            }
+        };
         let config = vm_state.engine.config().clone();
         for us in timed.samples() {
             vm_state
@@ -206,7 +229,10 @@ impl Stream {
             }
             s.audit = Some(record);
         }
-        if !matches!(decision, Decision::AwaitKeys { .. }) {
+        if !matches!(
+            decision,
+            Decision::AwaitKeys { .. } | Decision::AwaitIntrospection { .. }
+        ) {
             s.phase = RequestPhase::Done;
         }
         match decision {
@@ -292,6 +318,36 @@ impl Stream {
                 });
                 Action::Pause
             }
+            Decision::AwaitIntrospection {
+                key,
+                request,
+                deadline_ms,
+            } => {
+                let Some(request) = request else {
+                    // A callout for this token is in flight: wait for its answer.
+                    v.introspection_waiters.push(IntrospectionWaiter {
+                        context_id: s.context_id,
+                        stream: Rc::downgrade(state),
+                        key,
+                        deadline_ms,
+                    });
+                    return Action::Pause;
+                };
+                if Root::dispatch_introspection(&mut v, key, &request) {
+                    v.introspection_waiters.push(IntrospectionWaiter {
+                        context_id: s.context_id,
+                        stream: Rc::downgrade(state),
+                        key,
+                        deadline_ms,
+                    });
+                    return Action::Pause;
+                }
+                // Not even sent: decide again at once with the failure (fails closed).
+                let answer = Root::settle_introspection(&mut v, key, FetchAnswer::Failed, now);
+                drop(s);
+                drop(v);
+                Stream::decide(vm, state, Attempt::AfterIntrospection(&answer))
+            }
         }
     }
 
@@ -360,9 +416,10 @@ impl Stream {
     }
 
     /// Called by the root (with this stream as the effective context) when the keys this stream
-    /// waited for arrived, their fetch ended, or its deadline passed.
-    pub fn decide_again(vm: &SharedVm, state: &Rc<RefCell<StreamState>>) {
-        if Stream::decide(vm, state, false) == Action::Continue {
+    /// waited for arrived, their fetch ended, or its deadline passed, or when the introspection it
+    /// waited for settled.
+    pub fn decide_again(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, attempt: Attempt<'_>) {
+        if Stream::decide(vm, state, attempt) == Action::Continue {
             if let Err(status) = hostcalls::resume_http_request() {
                 log::warn!("smart-fhir-edge: cannot resume a request: {status:?}");
             }
@@ -586,7 +643,7 @@ impl HttpContext for Stream {
             Stream::reply(&mut s, &Denial::Internal, "smart-fhir-edge");
             return Action::Pause;
         };
-        Stream::decide(&vm, &self.state, true)
+        Stream::decide(&vm, &self.state, Attempt::First)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

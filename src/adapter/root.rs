@@ -11,10 +11,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
 use super::host::{self, HostMetrics, HostSharedData};
-use super::http::{Stream, StreamState};
+use super::http::{Attempt, Stream, StreamState};
 use crate::audit_event::{refused_entries, AuditQueue, SendResult};
 use crate::config::Config;
 use crate::decision::Engine;
+use crate::introspection::{Introspected, IntrospectionRequest, Settled, TokenKey, MAX_ANSWER_BYTES};
 use crate::jwks::cache::{FetchAnswer, FetchOutcome, FetchRequest, MAX_DOCUMENT_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::revocation::{RefreshOutcome, RefreshRequest, MAX_LIST_BYTES};
@@ -46,9 +47,19 @@ pub struct Waiter {
     pub deadline_ms: u64,
 }
 
+/// A request paused until its token's introspection settles.
+pub struct IntrospectionWaiter {
+    pub context_id: u32,
+    pub stream: Weak<RefCell<StreamState>>,
+    pub key: TokenKey,
+    pub deadline_ms: u64,
+}
+
 /// What a callout was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Callout {
+    /// The introspection of a token (by its SHA-256).
+    Introspection(TokenKey),
     /// A key-set or discovery fetch of a provider (index).
     Keys(usize),
     /// The revocation-list refresh.
@@ -61,6 +72,8 @@ pub enum Callout {
 pub struct Vm {
     pub engine: Engine,
     pub waiters: Vec<Waiter>,
+    /// Requests waiting for introspections (several per token when they share one callout).
+    pub introspection_waiters: Vec<IntrospectionWaiter>,
     /// Callout token -> what it is for.
     pub callouts: HashMap<u32, Callout>,
     /// Whether Envoy's `verify_signature` foreign function is available.
@@ -124,6 +137,102 @@ impl Root {
                 );
                 record_outcome(vm, fetch.provider, &outcome);
             }
+        }
+    }
+
+    /// Sends a token's introspection callout; false when the host refused to send it.
+    pub fn dispatch_introspection(vm: &mut Vm, key: TokenKey, r: &IntrospectionRequest) -> bool {
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+        ];
+        headers.extend(r.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        match host::dispatch(&r.cluster, headers, Some(r.body.as_bytes()), r.timeout_ms) {
+            Ok(token) => {
+                vm.callouts.insert(token, Callout::Introspection(key));
+                true
+            }
+            Err(status) => {
+                log::warn!(
+                    "smart-fhir-edge: cannot send an introspection through cluster `{}`: {status:?}",
+                    r.cluster
+                );
+                false
+            }
+        }
+    }
+
+    /// Hands an introspection answer to the engine, and logs and counts what it settled.
+    pub fn settle_introspection(vm: &mut Vm, key: TokenKey, answer: FetchAnswer, now: u64) -> Introspected {
+        let status = match &answer {
+            FetchAnswer::Response { status, .. } => *status,
+            FetchAnswer::Failed => 0,
+        };
+        let outcome = vm.engine.on_introspection_answer(key, answer, now);
+        let hash = crate::token::hex(key.get(..6).unwrap_or_default());
+        match &outcome.settled {
+            Settled::Active(_) => log::debug!("smart-fhir-edge: token {hash}: introspection: active"),
+            Settled::Inactive(why) => {
+                log::info!("smart-fhir-edge: token {hash}: introspection: not active ({why})")
+            }
+            Settled::Failed(e) => log::warn!(
+                "smart-fhir-edge: token {hash}: introspection failed ({e:?}, HTTP {status}); refusing with 503"
+            ),
+        }
+        vm.metrics.on_introspection(&mut HostMetrics, outcome.outcome());
+        outcome
+    }
+
+    /// Decides again for the requests waiting on `outcome`'s token.
+    fn wake_introspection_waiters(&self, vm: &SharedVm, outcome: &Introspected) {
+        let ready: Vec<IntrospectionWaiter> = {
+            let mut v = vm.borrow_mut();
+            let pending = std::mem::take(&mut v.introspection_waiters);
+            let (ready, waiting) = pending
+                .into_iter()
+                .filter(|w| w.stream.strong_count() > 0)
+                .partition(|w| w.key == outcome.key);
+            v.introspection_waiters = waiting;
+            ready
+        };
+        self.resume_introspected(vm, ready, outcome);
+    }
+
+    /// Resumes waiting requests with an introspection outcome.
+    fn resume_introspected(&self, vm: &SharedVm, ready: Vec<IntrospectionWaiter>, outcome: &Introspected) {
+        for w in ready {
+            let Some(stream) = w.stream.upgrade() else {
+                continue;
+            };
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue;
+            }
+            Stream::decide_again(vm, &stream, Attempt::AfterIntrospection(outcome));
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+
+    /// Answers the requests whose introspection passed its deadline without an answer (the host
+    /// normally answers a timed-out callout itself): they fail closed.
+    fn expire_introspection_waiters(&self, vm: &SharedVm) {
+        let now = host::now_ms();
+        let expired: Vec<IntrospectionWaiter> = {
+            let mut v = vm.borrow_mut();
+            let pending = std::mem::take(&mut v.introspection_waiters);
+            let (expired, waiting) = pending
+                .into_iter()
+                .filter(|w| w.stream.strong_count() > 0)
+                .partition(|w| now >= w.deadline_ms);
+            v.introspection_waiters = waiting;
+            expired
+        };
+        for w in expired {
+            let outcome = Introspected {
+                key: w.key,
+                settled: Settled::Failed(crate::introspection::AnswerError::Unreachable),
+            };
+            self.resume_introspected(vm, vec![w], &outcome);
         }
     }
 
@@ -242,7 +351,7 @@ impl Root {
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue;
             }
-            Stream::decide_again(vm, &stream);
+            Stream::decide_again(vm, &stream, Attempt::AfterKeys);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
@@ -305,6 +414,7 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         let Some(vm) = self.vm.clone() else { return };
+        let mut introspected = None;
         let callout = {
             let mut v = vm.borrow_mut();
             let Some(callout) = v.callouts.remove(&token_id) else {
@@ -312,6 +422,10 @@ impl Context for Root {
             };
             let now = host::now_ms();
             match callout {
+                Callout::Introspection(key) => {
+                    let answer = fetch_answer(num_headers, body_size, MAX_ANSWER_BYTES);
+                    introspected = Some(Root::settle_introspection(&mut v, key, answer, now));
+                }
                 Callout::Keys(provider) => {
                     let answer = fetch_answer(num_headers, body_size, MAX_DOCUMENT_BYTES);
                     let outcome = v
@@ -369,6 +483,9 @@ impl Context for Root {
         };
         if matches!(callout, Callout::Keys(_)) {
             self.wake_waiters(&vm);
+        }
+        if let Some(outcome) = &introspected {
+            self.wake_introspection_waiters(&vm, outcome);
         }
     }
 }
@@ -480,12 +597,27 @@ impl RootContext for Root {
                 ))
             );
         }
+        for (i, p) in c.providers.iter().enumerate() {
+            if let Some(intro) = &p.introspection {
+                log::info!(
+                    "smart-fhir-edge: provider {i}: introspection ({:?}) at `{}` through cluster `{}`, timeout {} ms; active answers trusted up to {} s (the revocation delay), inactive ones {} s, at most {} per VM",
+                    intro.mode,
+                    intro.endpoint.uri,
+                    intro.cluster,
+                    intro.timeout_ms,
+                    intro.max_cache_s,
+                    intro.negative_cache_s,
+                    intro.max_entries
+                );
+            }
+        }
         let mut metrics = Metrics::default();
         metrics.predefine(&mut HostMetrics, c.providers.len(), c.audit.audit_event.is_some());
         let audit_queue = c.audit.audit_event.as_ref().map(AuditQueue::new);
         self.vm = Some(Rc::new(RefCell::new(Vm {
             engine,
             waiters: Vec::new(),
+            introspection_waiters: Vec::new(),
             callouts: HashMap::new(),
             host_verifier,
             metrics,
@@ -525,6 +657,7 @@ impl RootContext for Root {
             Root::set_key_ages(&mut v, now);
         }
         self.wake_waiters(&vm);
+        self.expire_introspection_waiters(&vm);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
