@@ -327,7 +327,12 @@ impl Engine {
 
     /// Takes the answer of the introspection callout for `key`: maps it to the token's facts (or
     /// inactive, or failed), caches it, and returns it for the requests that waited for it.
-    pub fn on_introspection_answer(&mut self, key: TokenKey, answer: FetchAnswer, now_ms: u64) -> Introspected {
+    pub fn on_introspection_answer(
+        &mut self,
+        key: TokenKey,
+        answer: FetchAnswer,
+        now_ms: u64,
+    ) -> Introspected {
         let failed = |e| Introspected {
             key,
             settled: Settled::Failed(e),
@@ -478,7 +483,17 @@ impl Engine {
             match verdict {
                 Ok(entry) => entry,
                 Err(Stop::Deny(d)) => return deny(d, facts),
-                Err(Stop::Wait(w)) => return w,
+                Err(Stop::Wait {
+                    key,
+                    request,
+                    deadline_ms,
+                }) => {
+                    return Decision::AwaitIntrospection {
+                        key,
+                        request,
+                        deadline_ms,
+                    }
+                }
             }
         } else if let Some(entry) = self.cache.get(token, now_s, generation) {
             facts.token_source = Some(TokenSource::Jwt);
@@ -549,7 +564,17 @@ impl Engine {
                 match introspect(intro, config, token, &key, now_ms, answer, &mut facts) {
                     Ok(_) => {}
                     Err(Stop::Deny(d)) => return deny(d, facts),
-                    Err(Stop::Wait(w)) => return w,
+                    Err(Stop::Wait {
+                        key,
+                        request,
+                        deadline_ms,
+                    }) => {
+                        return Decision::AwaitIntrospection {
+                            key,
+                            request,
+                            deadline_ms,
+                        }
+                    }
                 }
             }
         }
@@ -626,7 +651,12 @@ impl Engine {
 /// Why a token's introspection did not give its facts.
 enum Stop {
     Deny(Denial),
-    Wait(Decision),
+    /// Wait for the introspection of `key` ([`Decision::AwaitIntrospection`]).
+    Wait {
+        key: TokenKey,
+        request: Option<Box<IntrospectionRequest>>,
+        deadline_ms: u64,
+    },
 }
 
 /// A token shaped as a JWS compact serialization (three parts); anything else is opaque.
@@ -676,11 +706,11 @@ fn introspect(
             None => {
                 // One callout per token: concurrent requests with the same token wait for it.
                 if let Some(deadline_ms) = intro.in_flight.get(key).copied().filter(|d| *d > now_ms) {
-                    return Err(Stop::Wait(Decision::AwaitIntrospection {
+                    return Err(Stop::Wait {
                         key: *key,
                         request: None,
                         deadline_ms,
-                    }));
+                    });
                 }
                 if intro.in_flight.len() >= MAX_IN_FLIGHT {
                     intro.in_flight.retain(|_, d| *d > now_ms);
@@ -689,11 +719,11 @@ fn introspect(
                     .saturating_add(settings.timeout_ms)
                     .saturating_add(INTROSPECTION_WAIT_MARGIN_MS);
                 intro.in_flight.insert(*key, deadline_ms);
-                return Err(Stop::Wait(Decision::AwaitIntrospection {
+                return Err(Stop::Wait {
                     key: *key,
                     request: Some(Box::new(introspection::request(settings, token))),
                     deadline_ms,
-                }));
+                });
             }
         },
     };
@@ -980,5 +1010,294 @@ mod tests {
             ),
             "{d:?}"
         );
+    }
+    // ---- introspection --------------------------------------------------------------------------
+
+    const OPAQUE: &str = "f4k3-0paque_token~value";
+
+    fn introspecting(mode: &str) -> Engine {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({"fhir_base": "/fhir", "providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
+            "introspection": {"mode": mode, "endpoint": "https://idp.example.org/token/introspection",
+                "cluster": "idp", "timeout_ms": 1500, "max_cache_s": 30, "negative_cache_s": 5,
+                "client_auth": {"method": "client_secret_basic", "client_id": "edge", "client_secret": "s"}}}]});
+        let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
+        e.set_body_checks(true);
+        e
+    }
+
+    fn decide_at(
+        e: &mut Engine,
+        now_s: u64,
+        path: &str,
+        token: &str,
+        answer: Option<&Introspected>,
+    ) -> Decision {
+        let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        let req = RequestFacts {
+            method: "GET",
+            path,
+            headers: &headers,
+        };
+        let mut store = Store::default();
+        match answer {
+            Some(a) => e.decide_introspected(&req, now_s * 1000, &mut store, &JwtSimpleVerifier, a),
+            None => e.decide(&req, now_s * 1000, &mut store, &JwtSimpleVerifier, true),
+        }
+    }
+
+    fn active_answer(extra: serde_json::Value) -> FetchAnswer {
+        let mut body = json!({"active": true, "iss": ISS, "aud": AUD, "exp": NOW + 3600,
+            "scope": "launch/patient patient/Observation.rs", "patient": "123", "client_id": "app-9",
+            "sub": "u-9", "fhirUser": "Patient/123"});
+        if let (Some(b), serde_json::Value::Object(x)) = (body.as_object_mut(), extra) {
+            b.extend(x);
+        }
+        FetchAnswer::Response {
+            status: 200,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// The key of the awaited token and whether this request carries the callout.
+    fn awaited(d: &Decision) -> (TokenKey, bool) {
+        match d {
+            Decision::AwaitIntrospection { key, request, .. } => (*key, request.is_some()),
+            other => panic!("expected a wait for introspection, got {other:?}"),
+        }
+    }
+
+    fn source(d: &Decision) -> Option<TokenSource> {
+        match d {
+            Decision::Allow(a) => a.facts.token_source,
+            Decision::Deny(_, f) => f.token_source,
+            _ => None,
+        }
+    }
+
+    const SEARCH: &str = "/fhir/Observation?patient=123";
+
+    #[test]
+    fn an_opaque_token_waits_for_one_callout_shared_by_concurrent_requests() {
+        let mut e = introspecting("opaque");
+        let first = decide_at(&mut e, NOW, SEARCH, OPAQUE, None);
+        let Decision::AwaitIntrospection {
+            key,
+            request: Some(request),
+            deadline_ms,
+        } = &first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(*key, introspection::token_key(OPAQUE));
+        assert_eq!(
+            (
+                request.cluster.as_str(),
+                request.path.as_str(),
+                request.timeout_ms
+            ),
+            ("idp", "/token/introspection", 1500)
+        );
+        assert!(request.body.starts_with("token=f4k3-0paque_token~value&"));
+        assert_eq!(*deadline_ms, NOW * 1000 + 1500 + INTROSPECTION_WAIT_MARGIN_MS);
+        for _ in 0..3 {
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, None);
+            assert_eq!(
+                awaited(&d),
+                (*key, false),
+                "the same token shares the callout in flight"
+            );
+        }
+        let (_, sends) = awaited(&decide_at(&mut e, NOW, SEARCH, "another-opaque", None));
+        assert!(sends, "another token has its own callout");
+        let answer = e.on_introspection_answer(*key, active_answer(json!({})), NOW * 1000);
+        let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&answer));
+        let Decision::Allow(a) = &d else { panic!("{d:?}") };
+        assert_eq!(a.facts.token_source, Some(TokenSource::IntrospectionLive));
+        assert_eq!(
+            a.facts.token_hash.as_deref(),
+            Some(token::token_fingerprint(OPAQUE).as_str())
+        );
+        assert!(a
+            .set_headers
+            .contains(&("x-smart-client-id", "app-9".to_string())));
+        assert!(a.set_headers.contains(&("x-smart-patient", "123".to_string())));
+        let d = decide_at(&mut e, NOW + 1, SEARCH, OPAQUE, None);
+        assert!(
+            matches!(&d, Decision::Allow(a) if a.facts.cache_hit
+                && a.facts.token_source == Some(TokenSource::IntrospectionCached)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn introspected_claims_meet_the_same_scope_and_patient_rules() {
+        let mut e = introspecting("opaque");
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+        e.on_introspection_answer(key, active_answer(json!({})), NOW * 1000);
+        let table = [
+            ("/fhir/Observation?patient=123", true),
+            ("/fhir/Observation?patient=456", false),
+            ("/fhir/Condition?patient=123", false),
+        ];
+        for (path, allowed) in table {
+            let d = decide_at(&mut e, NOW, path, OPAQUE, None);
+            assert_eq!(matches!(d, Decision::Allow(_)), allowed, "{path}: {d:?}");
+            if !allowed {
+                assert!(
+                    matches!(d, Decision::Deny(Denial::Forbidden { .. }, _)),
+                    "{path}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn active_answers_are_kept_until_the_revocation_delay_or_exp_and_inactive_ones_briefly() {
+        // (answer, seconds later still answered from the cache, seconds later introspected again)
+        let table = [
+            (active_answer(json!({})), 29, 30),
+            (active_answer(json!({"exp": NOW + 10})), 9, 10),
+            (
+                FetchAnswer::Response {
+                    status: 200,
+                    body: br#"{"active": false}"#.to_vec(),
+                },
+                4,
+                5,
+            ),
+        ];
+        for (answer, cached_until, again_at) in table {
+            let mut e = introspecting("opaque");
+            let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+            let active = matches!(&answer, FetchAnswer::Response { body, .. } if body.starts_with(b"{\"active\":true"));
+            let settled = e.on_introspection_answer(key, answer, NOW * 1000);
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&settled));
+            assert_eq!(source(&d), Some(TokenSource::IntrospectionLive));
+            let d = decide_at(&mut e, NOW + cached_until, SEARCH, OPAQUE, None);
+            assert_eq!(source(&d), Some(TokenSource::IntrospectionCached), "{d:?}");
+            if active {
+                assert!(matches!(d, Decision::Allow(_)), "{d:?}");
+            } else {
+                assert!(
+                    matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Inactive), _)),
+                    "{d:?}"
+                );
+            }
+            let d = decide_at(&mut e, NOW + again_at, SEARCH, OPAQUE, None);
+            assert_eq!(awaited(&d), (key, true), "introspected again");
+        }
+    }
+
+    #[test]
+    fn failed_introspections_refuse_with_503_and_are_not_cached() {
+        let failures = [
+            FetchAnswer::Failed,
+            FetchAnswer::Response {
+                status: 504,
+                body: b"upstream request timeout".to_vec(),
+            },
+            FetchAnswer::Response {
+                status: 200,
+                body: b"<html>".to_vec(),
+            },
+            FetchAnswer::Response {
+                status: 200,
+                body: br#"{"scope": "patient/*.rs"}"#.to_vec(),
+            },
+        ];
+        for answer in failures {
+            let mut e = introspecting("opaque");
+            let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+            let settled = e.on_introspection_answer(key, answer, NOW * 1000);
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&settled));
+            assert!(
+                matches!(&d, Decision::Deny(Denial::IntrospectionUnavailable, f)
+                    if f.token_source == Some(TokenSource::IntrospectionLive)),
+                "{d:?}"
+            );
+            assert_eq!(
+                awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)),
+                (key, true)
+            );
+        }
+    }
+
+    #[test]
+    fn a_callout_given_up_on_is_sent_again_for_the_next_request() {
+        let mut e = introspecting("opaque");
+        let Decision::AwaitIntrospection { deadline_ms, .. } = decide_at(&mut e, NOW, SEARCH, OPAQUE, None)
+        else {
+            panic!()
+        };
+        let later = deadline_ms / 1000 + 1;
+        assert!(awaited(&decide_at(&mut e, later, SEARCH, OPAQUE, None)).1, "sent again");
+    }
+
+    #[test]
+    fn always_mode_verifies_the_jwt_first_then_needs_an_active_answer() {
+        let mut e = introspecting("always");
+        let good = token(|_| {});
+        let mut forged = good.clone();
+        forged.pop();
+        forged.push('A');
+        let d = decide_at(&mut e, NOW, SEARCH, &forged, None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::InvalidToken(TokenReason::BadSignature), f)
+                if f.token_source == Some(TokenSource::Jwt)),
+            "a JWT that does not verify is never introspected: {d:?}"
+        );
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, &good, None)).0;
+        // The answer's own claims differ: the JWT's verified claims are what authorization reads.
+        let settled =
+            e.on_introspection_answer(key, active_answer(json!({"client_id": "other"})), NOW * 1000);
+        let d = decide_at(&mut e, NOW, SEARCH, &good, Some(&settled));
+        let Decision::Allow(a) = &d else { panic!("{d:?}") };
+        assert_eq!(a.facts.token_source, Some(TokenSource::IntrospectionLive));
+        assert!(a
+            .set_headers
+            .contains(&("x-smart-client-id", "app-1".to_string())));
+        // Revoked at the provider: inactive from the next introspection on.
+        let revoked = token(|c| c["jti"] = json!("revoked-at-idp"));
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, &revoked, None)).0;
+        let settled = e.on_introspection_answer(
+            key,
+            FetchAnswer::Response {
+                status: 200,
+                body: br#"{"active": false}"#.to_vec(),
+            },
+            NOW * 1000,
+        );
+        let d = decide_at(&mut e, NOW, SEARCH, &revoked, Some(&settled));
+        assert!(
+            matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Inactive), _)),
+            "{d:?}"
+        );
+        // Opaque tokens are introspected in this mode too.
+        assert!(awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).1);
+    }
+
+    #[test]
+    fn opaque_mode_leaves_jwts_to_the_local_check_and_without_introspection_opaque_tokens_are_malformed() {
+        let mut e = introspecting("opaque");
+        let d = decide_at(&mut e, NOW, SEARCH, &token(|_| {}), None);
+        assert!(
+            matches!(&d, Decision::Allow(a) if a.facts.token_source == Some(TokenSource::Jwt)),
+            "{d:?}"
+        );
+        let mut plain = engine(json!({}));
+        let d = decide_at(&mut plain, NOW, SEARCH, OPAQUE, None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::InvalidToken(TokenReason::Malformed), f)
+                if f.token_source == Some(TokenSource::Jwt)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn an_opaque_token_is_checked_for_its_characters_before_any_callout() {
+        let mut e = introspecting("opaque");
+        let d = decide_at(&mut e, NOW, SEARCH, "bad\"token", None);
+        assert!(matches!(d, Decision::Deny(Denial::InvalidRequest(_), _)), "{d:?}");
     }
 }

@@ -257,10 +257,7 @@ impl Cache {
     /// `negative_cache_s`. The oldest entries leave first beyond `max_entries`.
     pub fn insert(&mut self, key: TokenKey, value: Cached, intro: &Introspection, now_s: u64) {
         let until = match &value {
-            Cached::Active(t) => t
-                .claims
-                .expires_at
-                .min(now_s.saturating_add(intro.max_cache_s)),
+            Cached::Active(t) => t.claims.expires_at.min(now_s.saturating_add(intro.max_cache_s)),
             Cached::Inactive => now_s.saturating_add(intro.negative_cache_s),
         };
         if until <= now_s {
