@@ -378,6 +378,14 @@ impl Engine {
         Introspected { key, settled }
     }
 
+    /// Forgets the callout in flight for `key` (its sender went away): the next request sends it
+    /// again.
+    pub fn forget_introspection(&mut self, key: &TokenKey) {
+        if let Some(intro) = self.introspecting.as_mut() {
+            intro.in_flight.remove(key);
+        }
+    }
+
     fn decide_inner(
         &mut self,
         req: &RequestFacts<'_>,
@@ -1231,7 +1239,10 @@ mod tests {
             panic!()
         };
         let later = deadline_ms / 1000 + 1;
-        assert!(awaited(&decide_at(&mut e, later, SEARCH, OPAQUE, None)).1, "sent again");
+        assert!(
+            awaited(&decide_at(&mut e, later, SEARCH, OPAQUE, None)).1,
+            "sent again"
+        );
     }
 
     #[test]

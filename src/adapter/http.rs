@@ -17,7 +17,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use crate::body::ResponseVerdict;
 
 use super::host::{self, HostMetrics, HostSharedData};
-use super::root::{IntrospectionWaiter, Root, SharedVm, Vm, Waiter};
+use super::root::{self, IntrospectionWaiter, Root, SharedVm, Vm, Waiter};
 use crate::audit::{AuditRecord, FILTER_STATE_PROPERTY, LOG_PREFIX};
 use crate::audit_event::audit_event;
 use crate::config::Mode;
@@ -25,7 +25,7 @@ use crate::decision::{
     is_forwarded_header, path_with_param, verified_headers, Decision, Pending, RequestFacts,
 };
 use crate::denial::Denial;
-use crate::introspection::Introspected;
+use crate::introspection::{Introspected, TokenKey};
 use crate::jwks::cache::FetchAnswer;
 use crate::metrics::{TimedVerifier, SIGNATURE_VERIFICATION_US};
 use crate::outcome::{self, Format, IssueSeverity, OperationOutcome};
@@ -67,6 +67,8 @@ pub struct StreamState {
     pub held: Option<HeldResponse>,
     /// The decision's metrics wait for its body check.
     pub uncounted: bool,
+    /// The token whose introspection callout this stream sent, until its answer arrives.
+    pub introspection_sent: Option<TokenKey>,
 }
 
 /// Where a request stands in this filter.
@@ -178,6 +180,9 @@ impl Stream {
     fn decide(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, attempt: Attempt<'_>) -> Action {
         let mut v = vm.borrow_mut();
         let mut s = state.borrow_mut();
+        if matches!(attempt, Attempt::AfterIntrospection(_)) {
+            s.introspection_sent = None;
+        }
         let now = host::now_ms();
         let facts = RequestFacts {
             method: &s.method,
@@ -330,15 +335,18 @@ impl Stream {
                         stream: Rc::downgrade(state),
                         key,
                         deadline_ms,
+                        retry: false,
                     });
                     return Action::Pause;
                 };
                 if Root::dispatch_introspection(&mut v, key, &request) {
+                    s.introspection_sent = Some(key);
                     v.introspection_waiters.push(IntrospectionWaiter {
                         context_id: s.context_id,
                         stream: Rc::downgrade(state),
                         key,
                         deadline_ms,
+                        retry: false,
                     });
                     return Action::Pause;
                 }
@@ -486,7 +494,27 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    /// The SDK delivers a callout's answer to the context that sent it: introspections are sent by
+    /// the first request that needs them.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(vm) = self.vm.clone() else { return };
+        let context_id = {
+            let Ok(mut s) = self.state.try_borrow_mut() else {
+                return;
+            };
+            s.introspection_sent = None;
+            s.context_id
+        };
+        root::on_introspection_response(&vm, token_id, num_headers, body_size, context_id);
+    }
+}
 
 impl Stream {
     /// Runs the response check on the held response once its body is complete (or too large):
@@ -775,6 +803,16 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        // This stream sent an introspection still unanswered: Envoy cancels it with the stream, so
+        // the requests sharing it ask again.
+        let abandoned = self
+            .state
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.introspection_sent.take());
+        if let (Some(key), Some(vm)) = (abandoned, self.vm.clone()) {
+            root::abandon_introspection(&vm, key);
+        }
         // The stream ended without response headers (client gone, reset), or while its response
         // was held: write the record now. Usually it was written when the response started, and
         // then the host is not asked for the response code.

@@ -53,6 +53,8 @@ pub struct IntrospectionWaiter {
     pub stream: Weak<RefCell<StreamState>>,
     pub key: TokenKey,
     pub deadline_ms: u64,
+    /// Its callout was cancelled: decide afresh on the next tick.
+    pub retry: bool,
 }
 
 /// What a callout was for.
@@ -184,58 +186,6 @@ impl Root {
         outcome
     }
 
-    /// Decides again for the requests waiting on `outcome`'s token.
-    fn wake_introspection_waiters(&self, vm: &SharedVm, outcome: &Introspected) {
-        let ready: Vec<IntrospectionWaiter> = {
-            let mut v = vm.borrow_mut();
-            let pending = std::mem::take(&mut v.introspection_waiters);
-            let (ready, waiting) = pending
-                .into_iter()
-                .filter(|w| w.stream.strong_count() > 0)
-                .partition(|w| w.key == outcome.key);
-            v.introspection_waiters = waiting;
-            ready
-        };
-        self.resume_introspected(vm, ready, outcome);
-    }
-
-    /// Resumes waiting requests with an introspection outcome.
-    fn resume_introspected(&self, vm: &SharedVm, ready: Vec<IntrospectionWaiter>, outcome: &Introspected) {
-        for w in ready {
-            let Some(stream) = w.stream.upgrade() else {
-                continue;
-            };
-            if hostcalls::set_effective_context(w.context_id).is_err() {
-                continue;
-            }
-            Stream::decide_again(vm, &stream, Attempt::AfterIntrospection(outcome));
-        }
-        let _ = hostcalls::set_effective_context(self.context_id);
-    }
-
-    /// Answers the requests whose introspection passed its deadline without an answer (the host
-    /// normally answers a timed-out callout itself): they fail closed.
-    fn expire_introspection_waiters(&self, vm: &SharedVm) {
-        let now = host::now_ms();
-        let expired: Vec<IntrospectionWaiter> = {
-            let mut v = vm.borrow_mut();
-            let pending = std::mem::take(&mut v.introspection_waiters);
-            let (expired, waiting) = pending
-                .into_iter()
-                .filter(|w| w.stream.strong_count() > 0)
-                .partition(|w| now >= w.deadline_ms);
-            v.introspection_waiters = waiting;
-            expired
-        };
-        for w in expired {
-            let outcome = Introspected {
-                key: w.key,
-                settled: Settled::Failed(crate::introspection::AnswerError::Unreachable),
-            };
-            self.resume_introspected(vm, vec![w], &outcome);
-        }
-    }
-
     fn dispatch_revocation(vm: &mut Vm, r: &RefreshRequest) {
         let headers = vec![
             (":method", "GET"),
@@ -354,6 +304,115 @@ impl Root {
             Stream::decide_again(vm, &stream, Attempt::AfterKeys);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+/// Takes the answer of the introspection callout `token_id` (delivered to the stream that sent
+/// it, as the SDK routes callouts) and resumes every request waiting for it. `current` is the
+/// context to make effective again afterwards. False when `token_id` is no introspection.
+pub fn on_introspection_response(
+    vm: &SharedVm,
+    token_id: u32,
+    num_headers: usize,
+    body_size: usize,
+    current: u32,
+) -> bool {
+    let outcome = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return false;
+        };
+        let Some(Callout::Introspection(key)) = v.callouts.get(&token_id).copied() else {
+            return false;
+        };
+        v.callouts.remove(&token_id);
+        let answer = fetch_answer(num_headers, body_size, MAX_ANSWER_BYTES);
+        Root::settle_introspection(&mut v, key, answer, host::now_ms())
+    };
+    wake_introspection_waiters(vm, &outcome, current);
+    true
+}
+
+/// The stream that sent the introspection of `key` ended before its answer (Envoy cancels a
+/// stream's callouts with it): the requests still waiting decide afresh on the next tick (from the
+/// root context, which then owns the new callout), and the first of them sends it again.
+pub fn abandon_introspection(vm: &SharedVm, key: TokenKey) {
+    let Ok(mut v) = vm.try_borrow_mut() else {
+        return;
+    };
+    v.engine.forget_introspection(&key);
+    v.callouts.retain(|_, c| *c != Callout::Introspection(key));
+    for w in v.introspection_waiters.iter_mut().filter(|w| w.key == key) {
+        w.retry = true;
+    }
+}
+
+/// Decides again for the requests waiting on `outcome`'s token.
+fn wake_introspection_waiters(vm: &SharedVm, outcome: &Introspected, current: u32) {
+    let ready: Vec<IntrospectionWaiter> = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return;
+        };
+        let pending = std::mem::take(&mut v.introspection_waiters);
+        let (ready, waiting) = pending
+            .into_iter()
+            .filter(|w| w.stream.strong_count() > 0)
+            .partition(|w| w.key == outcome.key);
+        v.introspection_waiters = waiting;
+        ready
+    };
+    resume_introspected(vm, ready, outcome, current);
+}
+
+/// Resumes waiting requests with an introspection outcome.
+fn resume_introspected(vm: &SharedVm, ready: Vec<IntrospectionWaiter>, outcome: &Introspected, current: u32) {
+    for w in ready {
+        let Some(stream) = w.stream.upgrade() else {
+            continue;
+        };
+        if hostcalls::set_effective_context(w.context_id).is_err() {
+            continue;
+        }
+        Stream::decide_again(vm, &stream, Attempt::AfterIntrospection(outcome));
+    }
+    let _ = hostcalls::set_effective_context(current);
+}
+
+/// Answers the requests whose introspection passed its deadline without an answer (the host
+/// normally answers a timed-out callout itself): they fail closed. Requests whose callout was
+/// cancelled decide afresh.
+fn expire_introspection_waiters(vm: &SharedVm, current: u32) {
+    let now = host::now_ms();
+    let expired: Vec<IntrospectionWaiter> = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return;
+        };
+        if v.introspection_waiters.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut v.introspection_waiters);
+        let (expired, waiting) = pending
+            .into_iter()
+            .filter(|w| w.stream.strong_count() > 0)
+            .partition(|w| w.retry || now >= w.deadline_ms);
+        v.introspection_waiters = waiting;
+        expired
+    };
+    for w in expired {
+        if w.retry {
+            let Some(stream) = w.stream.upgrade() else {
+                continue;
+            };
+            if hostcalls::set_effective_context(w.context_id).is_ok() {
+                Stream::decide_again(vm, &stream, Attempt::First);
+            }
+            let _ = hostcalls::set_effective_context(current);
+            continue;
+        }
+        let outcome = Introspected {
+            key: w.key,
+            settled: Settled::Failed(crate::introspection::AnswerError::Unreachable),
+        };
+        resume_introspected(vm, vec![w], &outcome, current);
     }
 }
 
@@ -485,7 +544,7 @@ impl Context for Root {
             self.wake_waiters(&vm);
         }
         if let Some(outcome) = &introspected {
-            self.wake_introspection_waiters(&vm, outcome);
+            wake_introspection_waiters(&vm, outcome, self.context_id);
         }
     }
 }
@@ -657,7 +716,7 @@ impl RootContext for Root {
             Root::set_key_ages(&mut v, now);
         }
         self.wake_waiters(&vm);
-        self.expire_introspection_waiters(&vm);
+        expire_introspection_waiters(&vm, self.context_id);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
