@@ -84,7 +84,10 @@ fn a_revoked_opaque_token_stops_working_within_max_cache_s() {
         let envoy = envoy(&config(&idp.issuer, idp.port), &up, idp.port);
         (token.join().expect("a token from the provider"), envoy)
     });
-    let token = response["access_token"].as_str().expect("access_token").to_string();
+    let token = response["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
     assert!(!token.contains('.'), "an opaque token, not a JWT");
     assert_eq!(introspect_at_provider(&idp, &token)["active"], true);
     let auth = bearer(&token);
@@ -161,7 +164,11 @@ fn a_revoked_opaque_token_stops_working_within_max_cache_s() {
     }
     std::thread::sleep(Duration::from_millis(1200));
     assert_outcome(&envoy.get("/fhir/Patient", &headers), 401, "unknown");
-    assert_eq!(up.request_count(), reached, "nothing reached the upstream after the refusal");
+    assert_eq!(
+        up.request_count(),
+        reached,
+        "nothing reached the upstream after the refusal"
+    );
 
     // The audit says where each verdict came from; the token itself is never logged.
     let log = envoy.filter_log();
