@@ -820,35 +820,15 @@ pub fn classify_denial(e: &ClassifyError) -> Denial {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use serde_json::json;
 
     use super::*;
-    use crate::jwks::cache::{CasMismatch, FetchAnswer};
+    use crate::jwks::cache::FetchAnswer;
     use crate::token::test_support::{self, Signer, AUD, ISS, NOW};
     use crate::token::{Algorithm, JwtSimpleVerifier};
 
-    #[derive(Default)]
-    struct Store(HashMap<String, (Vec<u8>, u32)>, u32);
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.0
-                .get(key)
-                .map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c)))
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-            if let (Some((_, cur)), Some(c)) = (self.0.get(key), cas) {
-                if *cur != c {
-                    return Err(CasMismatch);
-                }
-            }
-            self.1 += 1;
-            self.0.insert(key.to_string(), (value.to_vec(), self.1));
-            Ok(())
-        }
-    }
+    type Store = crate::shared::MemoryStore;
 
     fn engine(revocation: serde_json::Value) -> Engine {
         let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
