@@ -440,6 +440,45 @@ mod tests {
     }
 
     #[test]
+    fn counts_token_checks_by_source_and_introspections_by_outcome() {
+        let mut host = Host::default();
+        let mut m = Metrics::default();
+        for source in [
+            crate::decision::TokenSource::Jwt,
+            crate::decision::TokenSource::IntrospectionLive,
+            crate::decision::TokenSource::IntrospectionCached,
+            crate::decision::TokenSource::IntrospectionCached,
+        ] {
+            let facts = Facts {
+                token_hash: Some("ab".into()),
+                token_source: Some(source),
+                ..Facts::default()
+            };
+            let d = Decision::Deny(Denial::MissingToken, Box::new(facts));
+            m.on_decision(&mut host, &record_for(&d, Mode::Enforce));
+        }
+        m.on_introspection(&mut host, "inactive");
+        let table = [
+            ("smart_fhir_edge.token_checks_total.token_source.jwt", 1),
+            (
+                "smart_fhir_edge.token_checks_total.token_source.introspection_live",
+                1,
+            ),
+            (
+                "smart_fhir_edge.token_checks_total.token_source.introspection_cached",
+                2,
+            ),
+            ("smart_fhir_edge.introspections_total.outcome.inactive", 1),
+        ];
+        for (name, want) in table {
+            assert_eq!(host.value(name), Some(want), "{name}");
+        }
+        // The stats_tags rules turn the segments into labels.
+        let tags: Vec<&str> = STATS_TAGS.iter().map(|(t, _)| *t).collect();
+        assert!(tags.contains(&"token_source") && tags.contains(&"outcome"));
+    }
+
+    #[test]
     fn predefines_the_dashboard_metrics() {
         let mut host = Host::default();
         Metrics::default().predefine(&mut host, 2, true);
