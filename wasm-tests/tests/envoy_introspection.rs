@@ -79,10 +79,15 @@ fn audit_records(log: &[String]) -> Vec<Value> {
 fn a_revoked_opaque_token_stops_working_within_max_cache_s() {
     let idp = NodeIdp::start(AUDIENCE);
     let up = fhir_upstream();
-    let (response, envoy) = std::thread::scope(|s| {
-        let token = s.spawn(|| idp.client_credentials("demo-opaque-backend", "system/*.rs"));
+    let ([response, shared], envoy) = std::thread::scope(|s| {
+        let tokens = s.spawn(|| {
+            [
+                idp.client_credentials("demo-opaque-backend", "system/*.rs"),
+                idp.client_credentials("demo-opaque-backend", "system/Patient.rs"),
+            ]
+        });
         let envoy = envoy(&config(&idp.issuer, idp.port), &up, idp.port);
-        (token.join().expect("a token from the provider"), envoy)
+        (tokens.join().expect("tokens from the provider"), envoy)
     });
     let token = response["access_token"]
         .as_str()
@@ -108,6 +113,41 @@ fn a_revoked_opaque_token_stops_working_within_max_cache_s() {
     let seen = up.requests().pop().expect("the upstream request");
     assert_eq!(seen.header("x-smart-client-id"), Some("demo-opaque-backend"));
     assert_eq!(seen.header("x-smart-scope"), Some("system/*.rs"));
+
+    // Concurrent requests with a new token: one introspection, every request answered from it.
+    let shared = shared["access_token"].as_str().expect("access_token").to_string();
+    let active = "wasmcustom.smart_fhir_edge.introspections_total.outcome.active";
+    let before = envoy.stat(active).unwrap_or(0);
+    let barrier = std::sync::Barrier::new(8);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let auth = bearer(&shared);
+                    barrier.wait();
+                    envoy
+                        .get("/fhir/Patient/pat-amy", &[("authorization", &auth)])
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("request")).collect()
+    });
+    assert_eq!(statuses, vec![200; 8]);
+    assert_eq!(
+        envoy.stat(active).unwrap_or(0),
+        before + 1,
+        "one introspection for 8 requests"
+    );
+    let hash = smart_fhir_edge::token::token_fingerprint(&shared);
+    let live = audit_records(&envoy.filter_log())
+        .iter()
+        .filter(|r| r["token_hash"] == hash.as_str() && r["token_source"] == "introspection_live")
+        .count();
+    assert!(
+        live >= 2,
+        "requests waited for the same callout ({live} of 8 did)"
+    );
 
     // Revoked at the provider (RFC 7009, by its client).
     let revoke = http1::send(
