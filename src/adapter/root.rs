@@ -1,5 +1,6 @@
-//! The root context of a VM: configuration, key fetching on ticks, requests waiting for keys, the
-//! revocation-list refresh, the AuditEvent batches, and the VM's metrics.
+//! The root context of a VM: configuration, key fetching on ticks, requests waiting for keys or for
+//! their token's introspection (one callout per token, its answer resuming every request that
+//! waits for it), the revocation-list refresh, the AuditEvent batches, and the VM's metrics.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
