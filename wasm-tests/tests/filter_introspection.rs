@@ -461,3 +461,33 @@ fn when_the_request_that_sent_the_callout_goes_away_the_others_ask_again() {
         "introspection_cached"
     );
 }
+
+#[test]
+fn a_request_that_waited_for_keys_is_then_introspected_through_the_root_context() {
+    let host = host_with(None);
+    let mut c: Value = serde_json::from_str(&config("always")).unwrap();
+    let provider = &mut c["providers"][0];
+    provider.as_object_mut().unwrap().remove("local_jwks");
+    provider["remote_jwks"] = json!({"uri": "https://idp.example.org/jwks", "cluster": CLUSTER});
+    let vm = host.vm_with_config(c.to_string()).unwrap();
+    let mut claims = test_support::good_claims();
+    claims["scope"] = json!("user/Observation.rs");
+    let jwt = test_support::mint(Algorithm::ES256, Signer::P256, &claims);
+    let s = request(&vm, &jwt, "after-keys");
+    s.send_headers(true).expect_paused();
+    host.advance(Duration::from_millis(100));
+    let keys = host.callout();
+    assert_eq!(keys.path(), "/jwks");
+    // The keys arrive on the root context, which resumes the request: it now needs the
+    // introspection, sent from the root context and answered there.
+    keys.respond_json(200, std::str::from_utf8(&test_support::default_jwks()).unwrap());
+    assert!(
+        s.outcome().is_paused(),
+        "verified, now waiting for the introspection"
+    );
+    introspection_of(&host, &jwt).respond_json(200, &active(json!({})));
+    let h = s.outcome().expect_continued().clone();
+    assert_eq!(h.get("x-smart-client-id"), Some("app-1"));
+    s.respond(200, &[], b"").expect_responded();
+    assert_eq!(audit(&host, "after-keys")["token_source"], "introspection_live");
+}
