@@ -3,8 +3,9 @@
 //! the answer cached until `max_cache_s` (the revocation delay) or `exp`, inactive answers cached
 //! for `negative_cache_s`, concurrent requests with one token sharing one callout, every failure
 //! (timeout, reset, HTTP error, not JSON, no `active`, a cluster the host refuses) failing closed
-//! with 503 and `Retry-After`, `always` mode on verified JWTs, and the `token_source` of audit
-//! records and metrics. The token never appears in a log line.
+//! with 503 and `Retry-After`, `always` mode on verified JWTs (also after waiting for keys, when the
+//! root context sends the callout), a callout whose sender went away sent again for the others, and
+//! the `token_source` of audit records and metrics. The token never appears in a log line.
 //!
 //! Build the module first (`make build`). Every test has its own [`Host`].
 
