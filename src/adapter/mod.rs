@@ -4,6 +4,7 @@
 //! [`root`] owns configuration, key fetching on ticks and requests waiting for keys; [`http`] owns
 //! one stream; [`host`] wraps every host call so that none can panic. Nothing here decides.
 
+mod brake;
 mod host;
 mod http;
 mod root;
