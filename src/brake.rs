@@ -80,7 +80,10 @@ pub struct RawBrake {
 fn in_range(v: Option<u64>, default: u64, min: u64, max: u64, field: String) -> Result<u64, ConfigError> {
     let n = v.unwrap_or(default);
     if n < min || n > max {
-        return Err(ConfigError::new(field, format!("must be between {min} and {max}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(n)
 }
@@ -142,7 +145,11 @@ pub enum Verdict {
     /// Counted; the window is within the thresholds.
     Counted { patients: u32, resource_types: u32 },
     /// This request took the app over a threshold: the cool-down starts now.
-    Tripped { patients: u32, resource_types: u32, retry_after_s: u32 },
+    Tripped {
+        patients: u32,
+        resource_types: u32,
+        retry_after_s: u32,
+    },
     /// The app is cooling down after a trip (the request is not counted).
     CoolingDown { retry_after_s: u32 },
     /// No slot for the app, or the compare-and-swap kept failing: not counted.
@@ -401,7 +408,10 @@ pub fn patient_of<'a>(token_patient: Option<&'a str>, fhir_base: &str, path: &'a
     let rest = path.strip_prefix(fhir_base)?.trim_start_matches('/');
     let mut segments = rest.split('/');
     if segments.next() == Some("Patient") {
-        if let Some(id) = segments.next().filter(|s| !s.is_empty() && !s.starts_with(['_', '$'])) {
+        if let Some(id) = segments
+            .next()
+            .filter(|s| !s.is_empty() && !s.starts_with(['_', '$']))
+        {
             return Some(id);
         }
     }
@@ -480,16 +490,46 @@ mod tests {
     #[test]
     fn validates_every_field_naming_it() {
         let table = [
-            (json!({"max_distinct_patients": 5, "window_s": 5}), "anomaly_brake.window_s"),
-            (json!({"max_distinct_patients": 5, "window_s": 86_401}), "anomaly_brake.window_s"),
-            (json!({"max_distinct_patients": 0}), "anomaly_brake.max_distinct_patients"),
-            (json!({"max_distinct_patients": 2001}), "anomaly_brake.max_distinct_patients"),
-            (json!({"max_distinct_resource_types": 0}), "anomaly_brake.max_distinct_resource_types"),
-            (json!({"max_distinct_resource_types": 146}), "anomaly_brake.max_distinct_resource_types"),
-            (json!({"max_distinct_patients": 5, "status": 503}), "anomaly_brake.status"),
-            (json!({"max_distinct_patients": 5, "cooldown_s": 0}), "anomaly_brake.cooldown_s"),
-            (json!({"max_distinct_patients": 5, "max_apps": 0}), "anomaly_brake.max_apps"),
-            (json!({"max_distinct_patients": 5, "max_apps": 65_537}), "anomaly_brake.max_apps"),
+            (
+                json!({"max_distinct_patients": 5, "window_s": 5}),
+                "anomaly_brake.window_s",
+            ),
+            (
+                json!({"max_distinct_patients": 5, "window_s": 86_401}),
+                "anomaly_brake.window_s",
+            ),
+            (
+                json!({"max_distinct_patients": 0}),
+                "anomaly_brake.max_distinct_patients",
+            ),
+            (
+                json!({"max_distinct_patients": 2001}),
+                "anomaly_brake.max_distinct_patients",
+            ),
+            (
+                json!({"max_distinct_resource_types": 0}),
+                "anomaly_brake.max_distinct_resource_types",
+            ),
+            (
+                json!({"max_distinct_resource_types": 146}),
+                "anomaly_brake.max_distinct_resource_types",
+            ),
+            (
+                json!({"max_distinct_patients": 5, "status": 503}),
+                "anomaly_brake.status",
+            ),
+            (
+                json!({"max_distinct_patients": 5, "cooldown_s": 0}),
+                "anomaly_brake.cooldown_s",
+            ),
+            (
+                json!({"max_distinct_patients": 5, "max_apps": 0}),
+                "anomaly_brake.max_apps",
+            ),
+            (
+                json!({"max_distinct_patients": 5, "max_apps": 65_537}),
+                "anomaly_brake.max_apps",
+            ),
             (json!({"window_s": 60}), "anomaly_brake"),
         ];
         for (v, field) in table {
@@ -497,7 +537,10 @@ mod tests {
             let e = raw.validate("anomaly_brake").unwrap_err();
             assert_eq!(e.field, field, "{v}: {e}");
         }
-        for bad in [json!({"action": "block"}), json!({"max_distinct_patients": 5, "extra": 1})] {
+        for bad in [
+            json!({"action": "block"}),
+            json!({"max_distinct_patients": 5, "extra": 1}),
+        ] {
             assert!(serde_json::from_value::<RawBrake>(bad).is_err());
         }
         let b = brake(json!({"max_distinct_patients": 5}));
@@ -590,7 +633,16 @@ mod tests {
             assert!(matches!(v, Verdict::Counted { .. }), "{t}: {v:?}");
         }
         let v = b.observe(&mut s, &touch("app", "p1", "Condition"), T0);
-        assert!(matches!(v, Verdict::Tripped { resource_types: 3, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Tripped {
+                    resource_types: 3,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -599,7 +651,9 @@ mod tests {
         let mut s = Store::default();
         let mut last = 0;
         for i in 0..2000 {
-            if let Verdict::Counted { patients, .. } = b.observe(&mut s, &touch("app", &format!("patient-{i}"), "Patient"), T0) {
+            if let Verdict::Counted { patients, .. } =
+                b.observe(&mut s, &touch("app", &format!("patient-{i}"), "Patient"), T0)
+            {
                 last = patients;
             }
         }
@@ -608,7 +662,9 @@ mod tests {
         let mut small = Store::default();
         for i in 1..=20u32 {
             let v = b.observe(&mut small, &touch("app", &format!("p{i}"), "Patient"), T0);
-            let Verdict::Counted { patients, .. } = v else { panic!("{v:?}") };
+            let Verdict::Counted { patients, .. } = v else {
+                panic!("{v:?}")
+            };
             assert!(patients.abs_diff(i) <= 1, "{patients} for {i}");
         }
     }
@@ -622,9 +678,15 @@ mod tests {
         };
         b.observe(&mut s, &touch("app", "p0", "Patient"), T0);
         let v = b.observe(&mut s, &touch("app", "p1", "Patient"), T0);
-        assert!(matches!(v, Verdict::Counted { patients: 2, .. }), "retried: {v:?}");
+        assert!(
+            matches!(v, Verdict::Counted { patients: 2, .. }),
+            "retried: {v:?}"
+        );
         s.lose = CAS_ATTEMPTS;
-        assert_eq!(b.observe(&mut s, &touch("app", "p2", "Patient"), T0), Verdict::Untracked);
+        assert_eq!(
+            b.observe(&mut s, &touch("app", "p2", "Patient"), T0),
+            Verdict::Untracked
+        );
     }
 
     #[test]

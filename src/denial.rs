@@ -362,7 +362,10 @@ impl Denial {
                 diagnostics: format!("The response was withheld: {detail}"),
                 reason_code: "response_unverifiable",
             },
-            Denial::AnomalyBrake { status, retry_after_s } => Reply {
+            Denial::AnomalyBrake {
+                status,
+                retry_after_s,
+            } => Reply {
                 status: *status,
                 www_authenticate: None,
                 retry_after: Some(*retry_after_s),

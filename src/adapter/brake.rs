@@ -32,8 +32,11 @@ pub fn apply(vm: &mut Vm, decision: Decision, path: &str, now_ms: u64) -> (Decis
     };
     let verdict = brake.observe(&mut HostSharedData, &touch, now_ms);
     let count = |vm: &mut Vm, outcome: &str| {
-        vm.metrics
-            .count(&mut HostMetrics, tagged(ANOMALY_BRAKE, &[("outcome", outcome)]), 1);
+        vm.metrics.count(
+            &mut HostMetrics,
+            tagged(ANOMALY_BRAKE, &[("outcome", outcome)]),
+            1,
+        );
     };
     let retry_after_s = match verdict {
         Verdict::Counted { .. } => return (Decision::Allow(allowed), None),

@@ -34,7 +34,10 @@ fn an_app_touching_too_many_patients_is_braked_and_another_app_continues() {
         assert_eq!(r.status, 200, "{p}: {}", r.body_str());
     }
     for p in ["p4", "p1"] {
-        let r = envoy.get(&format!("/fhir/Patient/{p}"), &[("authorization", &a), ("x-request-id", "brake-1")]);
+        let r = envoy.get(
+            &format!("/fhir/Patient/{p}"),
+            &[("authorization", &a), ("x-request-id", "brake-1")],
+        );
         assert_outcome(&r, 429, "throttled");
         let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!((100..=120).contains(&retry), "Retry-After {retry}");
@@ -43,7 +46,11 @@ fn an_app_touching_too_many_patients_is_braked_and_another_app_continues() {
         let r = envoy.get(&format!("/fhir/Patient/{p}"), &[("authorization", &b)]);
         assert_eq!(r.status, 200, "app B {p}: {}", r.body_str());
     }
-    assert_eq!(upstream_count(&up, "app-a"), 4, "nothing of app A went upstream once braked");
+    assert_eq!(
+        upstream_count(&up, "app-a"),
+        4,
+        "nothing of app A went upstream once braked"
+    );
     assert_eq!(upstream_count(&up, "app-b"), 3);
     assert_eq!(
         envoy.stat("wasmcustom.smart_fhir_edge.anomaly_brake_total.outcome.tripped"),
@@ -59,5 +66,8 @@ fn an_app_touching_too_many_patients_is_braked_and_another_app_continues() {
         .filter(|l| l.contains(r#""reason":"anomaly_brake""#))
         .collect();
     assert_eq!(braked.len(), 2, "{braked:#?}");
-    assert!(braked.iter().all(|l| l.contains(r#""client_id":"app-a""#)), "{braked:#?}");
+    assert!(
+        braked.iter().all(|l| l.contains(r#""client_id":"app-a""#)),
+        "{braked:#?}"
+    );
 }

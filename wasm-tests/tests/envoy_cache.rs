@@ -21,7 +21,10 @@ fn cacheable_upstream() -> Server {
             json!({"resourceType": "Observation", "id": id, "status": "final",
                    "code": {"text": "x"}, "subject": {"reference": "Patient/456"}})
         } else {
-            return Response::json(404, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#);
+            return Response::json(
+                404,
+                r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
+            );
         };
         Response::json(200, body.to_string()).with_header("cache-control", "max-age=60")
     })
@@ -118,7 +121,12 @@ fn patient_a_cached_record_is_never_returned_to_patient_b() {
 fn a_response_the_filter_refuses_is_refused_again_when_served_from_the_cache() {
     let (_idp, up, envoy) = start();
     // Patient 123's token reads an Observation of patient 456: only the response tells.
-    let a = token_of("app-1", "user-a", "launch/patient patient/Observation.rs", Some("123"));
+    let a = token_of(
+        "app-1",
+        "user-a",
+        "launch/patient patient/Observation.rs",
+        Some("123"),
+    );
     let path = "/fhir/Observation/o-456";
     for i in 0..2 {
         let r = get(&envoy, path, &a);

@@ -67,7 +67,11 @@ fn app_a_is_throttled_and_app_b_is_not(envoy: &Envoy, up: &Server, allowed: usiz
         let r = read(envoy, &b, &[("x-smart-client-id", "app-a")]);
         assert_eq!(r.status, 200, "request {i} of app B: {}", r.body_str());
     }
-    assert_eq!(upstream_count(up, "app-a"), allowed, "nothing beyond the allowance went upstream");
+    assert_eq!(
+        upstream_count(up, "app-a"),
+        allowed,
+        "nothing beyond the allowance went upstream"
+    );
     assert_eq!(upstream_count(up, "app-b"), allowed + 3);
 }
 
@@ -143,7 +147,10 @@ fn requests_are_refused_when_the_rate_limit_service_cannot_answer() {
     let envoy = global_envoy(free_port(), &up, &idp);
     let r = read(&envoy, &app_token("app-b"), &[]);
     assert!(r.status >= 429, "{}: {}", r.status, r.body_str());
-    assert_eq!(r.header("content-type"), Some("application/fhir+json; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/fhir+json; charset=utf-8")
+    );
     assert_eq!(r.body_json()["resourceType"], "OperationOutcome");
     assert_eq!(upstream_count(&up, "app-b"), 0);
 }

@@ -66,7 +66,11 @@ fn assert_braked(r: &Response, status: u16, code: &str, retry_after: u64) {
     let body: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["resourceType"], "OperationOutcome");
     assert_eq!(body["issue"][0]["code"], code, "{body}");
-    assert_eq!(r.header("retry-after"), Some(retry_after.to_string().as_str()), "{r:#?}");
+    assert_eq!(
+        r.header("retry-after"),
+        Some(retry_after.to_string().as_str()),
+        "{r:#?}"
+    );
     assert!(r.header("www-authenticate").is_none(), "{r:#?}");
 }
 
@@ -85,11 +89,18 @@ fn last_audit(host: &Host) -> Value {
 fn an_app_over_the_patient_threshold_is_refused_for_the_cool_down_and_others_continue() {
     let host = host();
     let vm = host
-        .vm_with_config(config(json!({"window_s": 60, "max_distinct_patients": 3, "cooldown_s": 30})))
+        .vm_with_config(config(
+            json!({"window_s": 60, "max_distinct_patients": 3, "cooldown_s": 30}),
+        ))
         .unwrap();
     let (a, b) = (token("app-a"), token("app-b"));
     // The same patient again, and a search naming one, count once each.
-    for path in ["/fhir/Patient/p1", "/fhir/Patient/p1", "/fhir/Observation?patient=p2", "/fhir/Patient/p3"] {
+    for path in [
+        "/fhir/Patient/p1",
+        "/fhir/Patient/p1",
+        "/fhir/Observation?patient=p2",
+        "/fhir/Patient/p3",
+    ] {
         read(&vm, path, &a).unwrap_or_else(|r| panic!("{path}: {r:#?}"));
     }
     // The fourth patient trips the brake: refused, and so is everything else of app A.
@@ -109,13 +120,21 @@ fn an_app_over_the_patient_threshold_is_refused_for_the_cool_down_and_others_con
     }
     assert_eq!(host.metric(TRIPPED), Some(1));
     assert_eq!(host.metric(REFUSED), Some(2));
-    assert_eq!(host.metric("smart_fhir_edge.requests_total.decision.deny.reason.anomaly_brake"), Some(2));
+    assert_eq!(
+        host.metric("smart_fhir_edge.requests_total.decision.deny.reason.anomaly_brake"),
+        Some(2)
+    );
     // After the cool-down app A starts a fresh window.
     host.advance(Duration::from_secs(20));
     for p in ["p5", "p6", "p7"] {
         read(&vm, &format!("/fhir/Patient/{p}"), &a).unwrap_or_else(|r| panic!("{r:#?}"));
     }
-    assert_braked(&read(&vm, "/fhir/Patient/p8", &a).unwrap_err(), 429, "throttled", 30);
+    assert_braked(
+        &read(&vm, "/fhir/Patient/p8", &a).unwrap_err(),
+        429,
+        "throttled",
+        30,
+    );
     assert_eq!(host.metric(TRIPPED), Some(2));
 }
 
@@ -124,7 +143,9 @@ fn the_window_slides_so_patients_touched_long_ago_no_longer_count() {
     let host = host();
     // A 60 s window in 10 s buckets.
     let vm = host
-        .vm_with_config(config(json!({"window_s": 60, "max_distinct_patients": 3, "status": 403})))
+        .vm_with_config(config(
+            json!({"window_s": 60, "max_distinct_patients": 3, "status": 403}),
+        ))
         .unwrap();
     let a = token("app-a");
     for p in ["p1", "p2", "p3"] {
@@ -145,7 +166,11 @@ fn distinct_resource_types_trip_the_brake_too() {
         .vm_with_config(config(json!({"window_s": 60, "max_distinct_resource_types": 2})))
         .unwrap();
     let a = token("app-a");
-    for path in ["/fhir/Patient/p1", "/fhir/Observation?patient=p1", "/fhir/Patient/p1"] {
+    for path in [
+        "/fhir/Patient/p1",
+        "/fhir/Observation?patient=p1",
+        "/fhir/Patient/p1",
+    ] {
         read(&vm, path, &a).unwrap_or_else(|r| panic!("{path}: {r:#?}"));
     }
     let r = read(&vm, "/fhir/Condition?patient=p1", &a).unwrap_err();
@@ -156,7 +181,9 @@ fn distinct_resource_types_trip_the_brake_too() {
 fn audit_action_refuses_nothing_but_records_and_counts_the_trip() {
     let host = host();
     let vm = host
-        .vm_with_config(config(json!({"window_s": 60, "max_distinct_patients": 2, "action": "audit", "cooldown_s": 30})))
+        .vm_with_config(config(
+            json!({"window_s": 60, "max_distinct_patients": 2, "action": "audit", "cooldown_s": 30}),
+        ))
         .unwrap();
     let a = token("app-a");
     for p in ["p1", "p2", "p3", "p4"] {
@@ -168,7 +195,11 @@ fn audit_action_refuses_nothing_but_records_and_counts_the_trip() {
     assert_eq!(record["client_id"], "app-a", "{record}");
     assert_eq!(record["status"], 200, "forwarded: {record}");
     assert_eq!(host.metric(TRIPPED), Some(1));
-    assert_eq!(host.metric(AUDITED), Some(2), "the trip and the request in its cool-down");
+    assert_eq!(
+        host.metric(AUDITED),
+        Some(2),
+        "the trip and the request in its cool-down"
+    );
     assert_eq!(host.metric(REFUSED), None);
 }
 
@@ -185,9 +216,19 @@ fn two_workers_count_into_the_same_window_through_shared_data() {
     read(&w2, "/fhir/Patient/p2", &a).unwrap();
     read(&w1, "/fhir/Patient/p3", &a).unwrap();
     // Neither worker saw four patients itself; together they did.
-    assert_braked(&read(&w2, "/fhir/Patient/p4", &a).unwrap_err(), 429, "throttled", 60);
+    assert_braked(
+        &read(&w2, "/fhir/Patient/p4", &a).unwrap_err(),
+        429,
+        "throttled",
+        60,
+    );
     // The cool-down holds on the other worker too.
-    assert_braked(&read(&w1, "/fhir/Patient/p1", &a).unwrap_err(), 429, "throttled", 60);
+    assert_braked(
+        &read(&w1, "/fhir/Patient/p1", &a).unwrap_err(),
+        429,
+        "throttled",
+        60,
+    );
     let keys: Vec<String> = host
         .shared_data_keys()
         .into_iter()
@@ -202,8 +243,14 @@ fn two_workers_count_into_the_same_window_through_shared_data() {
 fn a_bad_brake_block_is_refused_naming_the_field() {
     let host = host();
     for (brake, field) in [
-        (json!({"max_distinct_patients": 5, "status": 500}), "anomaly_brake.status"),
-        (json!({"max_distinct_patients": 5, "window": 60}), "anomaly_brake.window"),
+        (
+            json!({"max_distinct_patients": 5, "status": 500}),
+            "anomaly_brake.status",
+        ),
+        (
+            json!({"max_distinct_patients": 5, "window": 60}),
+            "anomaly_brake.window",
+        ),
         (json!({"window_s": 60}), "anomaly_brake"),
     ] {
         let refused = host.vm_with_config(config(brake.clone())).err().expect("refused");
