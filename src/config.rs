@@ -115,6 +115,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The kill switch: clients, subjects and token ids refused at once.
     pub revocation: RevocationConfig,
+    /// The per-app anomaly brake, when configured.
+    pub anomaly_brake: Option<crate::brake::BrakeConfig>,
 }
 
 /// Where audit records go.
@@ -348,6 +350,7 @@ struct RawConfig {
     audit_log: Option<bool>,
     audit_event: Option<RawAuditEvent>,
     revocation: Option<RawRevocation>,
+    anomaly_brake: Option<crate::brake::RawBrake>,
 }
 
 #[derive(Deserialize)]
@@ -673,6 +676,10 @@ impl RawConfig {
                 .map(|r| r.validate("revocation"))
                 .transpose()?
                 .unwrap_or_default(),
+            anomaly_brake: self
+                .anomaly_brake
+                .map(|b| b.validate("anomaly_brake"))
+                .transpose()?,
         })
     }
 }

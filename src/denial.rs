@@ -110,6 +110,10 @@ pub enum Denial {
     /// A response the edge must check could not be read (not FHIR JSON, too large, not what was
     /// asked for): withheld.
     ResponseUnverifiable(&'static str),
+    /// The app's anomaly brake is on: it touched more distinct patients or resource types in the
+    /// window than configured (`anomaly_brake`), and is refused for the cool-down. `status` is the
+    /// configured 429 or 403.
+    AnomalyBrake { status: u16, retry_after_s: u32 },
     /// An internal failure of the filter (fails closed).
     Internal,
 }
@@ -378,6 +382,24 @@ impl Denial {
                 diagnostics: format!("The response was withheld: {detail}"),
                 reason_code: "response_unverifiable",
             },
+            Denial::AnomalyBrake {
+                status,
+                retry_after_s,
+            } => Reply {
+                status: *status,
+                www_authenticate: None,
+                retry_after: Some(*retry_after_s),
+                severity: IssueSeverity::Error,
+                code: if *status == 429 {
+                    IssueType::Throttled
+                } else {
+                    IssueType::Forbidden
+                },
+                diagnostics: "This app touched more patients or resource types than allowed in a window; \
+                              it is refused until its cool-down ends"
+                    .into(),
+                reason_code: "anomaly_brake",
+            },
             Denial::Internal => Reply {
                 status: 500,
                 www_authenticate: None,
@@ -481,6 +503,12 @@ impl Denial {
         )]));
         all.push(Denial::Withheld);
         all.push(Denial::ResponseUnverifiable("see diagnostics"));
+        for status in [429, 403] {
+            all.push(Denial::AnomalyBrake {
+                status,
+                retry_after_s: 60,
+            });
+        }
         all.push(Denial::Internal);
         all
     }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod audit_event;
 pub mod authz;
 pub mod body;
+pub mod brake;
 pub mod claims;
 pub mod config;
 pub mod decision;

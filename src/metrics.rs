@@ -55,6 +55,8 @@ pub const AUDIT_EVENTS_SENT: &str = "smart_fhir_edge.audit_events_sent_total";
 pub const AUDIT_EVENTS_DROPPED: &str = "smart_fhir_edge.audit_events_dropped_total";
 /// AuditEvent Bundles that failed (retried or refused) (counter).
 pub const AUDIT_BATCHES_FAILED: &str = "smart_fhir_edge.audit_batches_failed_total";
+/// Anomaly-brake events by outcome (`tripped`, `refused`, `audited`, `untracked`) (counter).
+pub const ANOMALY_BRAKE: &str = "smart_fhir_edge.anomaly_brake_total";
 /// The largest linear memory of the plugin's VMs, bytes (gauge; each VM raises it to its own
 /// size on every tick).
 pub const VM_MEMORY_MAX_BYTES: &str = "smart_fhir_edge.vm_memory_max_bytes";

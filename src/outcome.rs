@@ -263,13 +263,26 @@ pub enum ErrorSource {
     Upstream,
 }
 
+/// `response.code_details` of answers that come from the upstream: directly (`via_upstream`), or
+/// through Envoy's HTTP cache filter (fetched on a miss, or served from the cache).
+pub const UPSTREAM_DETAILS: &[&str] = &[
+    "via_upstream",
+    "cache.insert_via_upstream",
+    "cache.response_from_cache_filter",
+];
+
+/// True when `response.code_details` says the upstream answered (possibly through the cache).
+pub fn is_upstream_answer(code_details: Option<&str>) -> bool {
+    code_details.is_some_and(|d| UPSTREAM_DETAILS.contains(&d))
+}
+
 /// Tells a local reply from an upstream answer by Envoy's `response.code_details` property:
-/// `via_upstream` means the upstream answered; anything else (`no_healthy_upstream`,
+/// [`UPSTREAM_DETAILS`] mean the upstream answered (also through the cache); anything else (`no_healthy_upstream`,
 /// `upstream_response_timeout`, `route_not_found`, `request_rate_limited`, `rbac_access_denied...`,
 /// `request_payload_too_large`, `ext_authz_denied`, ...) is a local reply.
 pub fn error_source(code_details: Option<&str>) -> ErrorSource {
     match code_details {
-        Some("via_upstream") => ErrorSource::Upstream,
+        Some(d) if UPSTREAM_DETAILS.contains(&d) => ErrorSource::Upstream,
         Some(_) => ErrorSource::LocalReply,
         // No details: be conservative and treat it as an upstream answer (rewritten only when it is
         // not FHIR).

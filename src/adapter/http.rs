@@ -214,6 +214,7 @@ impl Stream {
                     .decide_introspected(&facts, now, &mut HostSharedData, &timed, answer)
             }
         };
+        let (decision, brake_audit) = super::brake::apply(vm_state, decision, &s.path, now);
         let config = vm_state.engine.config().clone();
         for us in timed.samples() {
             vm_state
@@ -227,6 +228,9 @@ impl Stream {
             AuditRecord::for_decision(&decision, config.mode, &config.realm, &facts, now)
         {
             record.source_address = host::property(&["source", "address"]);
+            if let Some(d) = &brake_audit {
+                record.refuse(d, Mode::AuditOnly, &config.realm);
+            }
             if body_pending {
                 s.uncounted = true;
             } else {
@@ -729,7 +733,7 @@ impl HttpContext for Stream {
             let mut s = self.state.borrow_mut();
             let check = !s.replied_locally
                 && !end_of_stream
-                && details.as_deref() == Some("via_upstream")
+                && outcome::is_upstream_answer(details.as_deref())
                 && (200..300).contains(&status)
                 && s.method != "HEAD"
                 && s.pending.as_ref().is_some_and(|p| p.response_check.is_some());
@@ -744,7 +748,7 @@ impl HttpContext for Stream {
         }
         self.write_audit(
             (status != 0).then_some(status),
-            details.as_deref() == Some("via_upstream"),
+            outcome::is_upstream_answer(details.as_deref()),
             None,
         );
         let mut s = self.state.borrow_mut();

@@ -5,6 +5,7 @@
 //! introspections; [`http`] owns one stream (and the introspection callouts it sends); [`host`]
 //! wraps every host call so that none can panic. Nothing here decides.
 
+mod brake;
 mod host;
 mod http;
 mod root;

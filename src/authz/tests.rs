@@ -180,6 +180,7 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         body_checks: true,
         audit: Default::default(),
         revocation: Default::default(),
+        anomaly_brake: None,
     }
 }
 

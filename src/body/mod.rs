@@ -204,6 +204,7 @@ pub(crate) mod fixtures {
             body_checks: true,
             audit: Default::default(),
             revocation: Default::default(),
+            anomaly_brake: None,
         }
     }
 

@@ -1,0 +1,200 @@
+//! Real Envoy with its HTTP cache filter (cache_v2) behind the filter (`envoy/cache.yaml`): a
+//! response is never served from the cache to another patient, user or app (the upstream is asked
+//! again, or the filter refuses first), the upstream never receives the token, and a response the
+//! filter refuses is refused on every read. Envoy 1.40's cache_v2 counts every response that carries
+//! `Vary` as uncacheable, so with the identity `Vary` nothing is stored yet: the tests check that the
+//! cache saw the requests and refused to store them, rather than a hit.
+
+use serde_json::{json, Value};
+use wasm_tests::http1::{Response, Server};
+use wasm_tests::real_envoy::{config_file, with_plugin_config, Envoy};
+use wasm_tests::stack::*;
+
+/// An upstream whose reads are cacheable for a minute (`Cache-Control: max-age=60`).
+fn cacheable_upstream() -> Server {
+    Server::start(|req| {
+        let p = req.path.as_str();
+        let body = if let Some(id) = p.strip_prefix("/fhir/Patient/") {
+            json!({"resourceType": "Patient", "id": id, "name": [{"family": format!("Family-{id}")}]})
+        } else if let Some(id) = p.strip_prefix("/fhir/Practitioner/") {
+            json!({"resourceType": "Practitioner", "id": id})
+        } else if let Some(id) = p.strip_prefix("/fhir/Observation/") {
+            // Every observation belongs to patient 456.
+            json!({"resourceType": "Observation", "id": id, "status": "final",
+                   "code": {"text": "x"}, "subject": {"reference": "Patient/456"}})
+        } else {
+            return Response::json(
+                404,
+                r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
+            );
+        };
+        Response::json(200, body.to_string())
+            .with_header("cache-control", "max-age=60")
+            .with_header("date", &http_date(now()))
+    })
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7), as an origin server sends in `Date`.
+fn http_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (days, rem) = (unix / 86_400, unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn start() -> (Idp, Server, Envoy) {
+    let (idp, up) = (Idp::start(default_jwks()), cacheable_upstream());
+    let yaml = with_plugin_config(&config_file("cache.yaml"), &plugin_config());
+    let envoy = Envoy::start(&yaml, up.port(), idp.port());
+    (idp, up, envoy)
+}
+
+fn token_of(app: &str, sub: &str, scope: &str, patient: Option<&str>) -> String {
+    let mut c = claims(scope, patient);
+    c["client_id"] = json!(app);
+    c["sub"] = json!(sub);
+    token(&c)
+}
+
+fn get(envoy: &Envoy, path: &str, token: &str) -> Response {
+    let auth = bearer(token);
+    envoy.get(path, &[("authorization", auth.as_str())])
+}
+
+fn upstream_reads(up: &Server, path: &str) -> usize {
+    up.requests().iter().filter(|r| r.path == path).count()
+}
+
+/// The cache filter's count of requests it looked at and found uncacheable.
+fn uncacheable(envoy: &Envoy) -> u64 {
+    envoy
+        .prometheus()
+        .lines()
+        .filter(|l| l.starts_with("envoy_cache_event{") && l.contains(r#"event_type="uncacheable""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_read_is_never_served_from_the_cache_to_another_user_or_app() {
+    let (_idp, up, envoy) = start();
+    let path = "/fhir/Practitioner/p1";
+    let user1_app1 = token_of("app-1", "user-1", "user/Practitioner.rs", None);
+    let user2_app1 = token_of("app-1", "user-2", "user/Practitioner.rs", None);
+    let user1_app2 = token_of("app-2", "user-1", "user/Practitioner.rs", None);
+    // (token, who): every identity's read reaches the upstream itself.
+    let table: [(&str, &str); 4] = [
+        (&user1_app1, "user 1 of app 1"),
+        (&user2_app1, "another user of the same app"),
+        (&user1_app2, "the same user in another app"),
+        (&user1_app1, "user 1 of app 1 again"),
+    ];
+    for (i, (t, who)) in table.into_iter().enumerate() {
+        let r = get(&envoy, path, t);
+        assert_eq!(r.status, 200, "{who}: {}", r.body_str());
+        assert_eq!(r.body_json()["id"], "p1", "{who}");
+        assert!(
+            r.header("age").is_none(),
+            "{who}: not from the cache: {:?}",
+            r.headers
+        );
+        assert_eq!(upstream_reads(&up, path), i + 1, "{who}");
+        let vary = r.header("vary").unwrap_or_default();
+        for h in [
+            "x-smart-client-id",
+            "x-smart-sub",
+            "x-smart-patient",
+            "x-smart-scope",
+        ] {
+            assert!(vary.contains(h), "{who}: Vary names {h}: {vary}");
+        }
+    }
+    assert_eq!(
+        uncacheable(&envoy),
+        4,
+        "the cache looked at every read and stored none"
+    );
+    // Every upstream request carried the verified identity, never the token.
+    for req in up.requests() {
+        assert!(req.header("authorization").is_none(), "{req:?}");
+        assert!(req.header("x-smart-client-id").is_some(), "{req:?}");
+    }
+}
+
+#[test]
+fn patient_a_record_is_never_returned_to_patient_b() {
+    let (_idp, up, envoy) = start();
+    let path = "/fhir/Patient/123";
+    let scope = "launch/patient patient/Patient.rs";
+    let a = token_of("app-1", "user-a", scope, Some("123"));
+    let b = token_of("app-1", "user-b", scope, Some("456"));
+    for i in 1..=2 {
+        let r = get(&envoy, path, &a);
+        assert_eq!(r.status, 200, "read {i}: {}", r.body_str());
+        assert_eq!(r.body_json()["id"], "123");
+    }
+    // Patient B asks for A's record (whatever x-smart-* headers it sends): refused before the cache.
+    let auth = bearer(&b);
+    let r = envoy.get(
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("x-smart-patient", "123"),
+            ("x-smart-client-id", "app-1"),
+            ("x-smart-sub", "user-a"),
+        ],
+    );
+    assert_outcome(&r, 403, "forbidden");
+    assert!(!r.body_str().contains("Family-123"));
+    assert_eq!(
+        upstream_reads(&up, path),
+        2,
+        "B's request never reached the cache or upstream"
+    );
+    // B's own record is B's.
+    let r = get(&envoy, "/fhir/Patient/456", &b);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_json()["id"], "456");
+    assert!(!r.body_str().contains("Family-123"));
+}
+
+#[test]
+fn a_response_the_filter_refuses_is_refused_on_every_read_through_the_cache() {
+    let (_idp, up, envoy) = start();
+    // Patient 123's token reads an Observation of patient 456: only the response tells. Through the
+    // cache filter the response is marked `cache.insert_via_upstream`, not `via_upstream`: the
+    // filter checks it all the same.
+    let a = token_of(
+        "app-1",
+        "user-a",
+        "launch/patient patient/Observation.rs",
+        Some("123"),
+    );
+    let path = "/fhir/Observation/o-456";
+    for i in 1..=2 {
+        let r = get(&envoy, path, &a);
+        let v: Value = assert_outcome(&r, 403, "forbidden");
+        assert!(!r.body_str().contains("Patient/456"), "read {i}: {v}");
+        assert_eq!(upstream_reads(&up, path), i);
+    }
+    assert_eq!(uncacheable(&envoy), 2);
+}
