@@ -9,6 +9,12 @@
 //! (`envoy_tokens::a_storm_of_unknown_kids_makes_at_most_one_refetch`), configuration errors naming
 //! the field (`envoy_foundation::refuses_invalid_configuration_naming_the_field`), an upstream
 //! that is too slow for the route timeout (`envoy_local_replies`).
+//!
+//! A panic inside the VM: the shipped code cannot panic on purpose (`make lint` denies `unwrap`,
+//! `expect`, `panic!` and unchecked indexing), so the test loads a module that does what the
+//! proxy-wasm SDK 0.2.5 does on a panic (`logger.rs`: the panic hook installed by
+//! `set_log_level`, which the adapter calls first thing, logs the panic message with `proxy_log`
+//! at level critical; then `panic = "abort"` traps) and checks what real Envoy makes of it.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +75,67 @@ fn bad_tokens() -> Vec<String> {
         bearer(&mint_raw(Algorithm::RS256, Signer::RsaB, &header, &c.to_string())),
         bearer(&token(&expired)),
     ]
+}
+
+/// What a proxy-wasm SDK module does when it panics in `on_http_request_headers`: the SDK's panic
+/// hook logs the message at critical (`proxy_log` level 5), then `panic = "abort"` traps.
+const PANICKING_MODULE: &str = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "panicked at src/adapter/http.rs:1:1: injected fault")
+  (func (export "malloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 5) (i32.const 100) (i32.const 51)))
+    unreachable)
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32))
+)"#;
+
+#[test]
+fn a_panic_inside_the_vm_is_logged_at_critical_and_the_request_fails_closed() {
+    let idp = Idp::start(default_jwks());
+    let up = fhir_upstream();
+    let dir = std::env::temp_dir().join(format!("smart-fhir-edge-panic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("panicking.wasm");
+    std::fs::write(&module, wat::parse_str(PANICKING_MODULE).unwrap()).unwrap();
+    let yaml = wasm_tests::real_envoy::with_plugin_config(
+        &wasm_tests::real_envoy::config_file("test.yaml"),
+        &config(),
+    )
+    .replace(
+        "filename: target/wasm32-wasip1/release/smart_fhir_edge.wasm",
+        &format!("filename: {}", module.display()),
+    );
+    let envoy = Envoy::start(&yaml, up.port(), idp.port());
+    let auth = auth();
+    for attempt in 0..3 {
+        let (r, took) = timed(&envoy, "/fhir/Observation", &auth);
+        // Envoy answers for the failed VM (`fail_open: false`): 503, no body (the module that would
+        // write an OperationOutcome is the one that failed).
+        assert_eq!(
+            r.status,
+            503,
+            "attempt {attempt}: fails closed, got {} {}",
+            r.status,
+            r.body_str()
+        );
+        assert!(took <= MARGIN, "{took:?}");
+    }
+    assert_eq!(up.request_count(), 0, "nothing reached the upstream");
+    let log = envoy.log();
+    let critical: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("[critical]") && l.contains("panicked at"))
+        .collect();
+    assert!(!critical.is_empty(), "the panic is logged at critical:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
