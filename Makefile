@@ -123,6 +123,26 @@ fuzz: fuzz-build
 	      printf "fuzz %-14s %12s runs  cov %6s  ft %6s  corpus %5s  %s exec/s\n", t, substr($$1, 2), v["cov:"], v["ft:"], v["corp:"], v["exec/s:"] }'; \
 	done
 
+# ---- soak --------------------------------------------------------------------------------------
+# SOAK_SECONDS (default 600) of mixed allowed and denied traffic at SOAK_RATE requests per second
+# through one Envoy (envoy/soak/soak.py): every answer checked against the expected decision, the
+# upstream checked for anything it should not have seen, the filter's VM memory and Envoy's VM
+# counters sampled every 30 s. Writes target/soak/results.md (and results.json); fails on any
+# wrong decision, VM restart or panic. Not part of `make test`.
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 200
+SOAK_DIR     := target/soak
+
+soak: build envoy
+	@mkdir -p $(SOAK_DIR)
+	$(MINT) tokens 1000 patient RS256 > $(SOAK_DIR)/patient-tokens.txt
+	$(MINT) tokens 200 user RS256 > $(SOAK_DIR)/user-tokens.txt
+	$(MINT) jwks > $(SOAK_DIR)/jwks.json
+	python3 envoy/soak/soak.py --envoy $(ENVOY) --wasm $(WASM) \
+	  --patient-tokens $(SOAK_DIR)/patient-tokens.txt --user-tokens $(SOAK_DIR)/user-tokens.txt \
+	  --jwks $(SOAK_DIR)/jwks.json --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
+	  --out $(SOAK_DIR)/results.md --json $(SOAK_DIR)/results.json
+
 # ---- benchmarks --------------------------------------------------------------------------------
 # Native micro-benchmarks (benches/core.rs), then one Envoy (--concurrency 1) with four listeners in
 # front of the same direct-response upstream: no auth, jwt_authn, jwt_authn + jwt_cache, this filter
