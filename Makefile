@@ -165,7 +165,8 @@ bench: build envoy
 	@if [ -z "$$(find $(BENCH_DIR)/tokens-fresh.txt -mmin -60 2>/dev/null)" ]; then \
 	  echo "minting 100,000 ES256 tokens"; \
 	  $(MINT) tokens 100000 patient ES256 > $(BENCH_DIR)/tokens.tmp && mv $(BENCH_DIR)/tokens.tmp $(BENCH_DIR)/tokens-fresh.txt; fi
-	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) \
+	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/null-filter.wat $(BENCH_DIR)/null-filter.wasm
+	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) --null-wasm $(BENCH_DIR)/null-filter.wasm \
 	  --tokens $(BENCH_DIR)/tokens.txt --fresh-tokens $(BENCH_DIR)/tokens-fresh.txt \
 	  --duration $(BENCH_DURATION) --rounds $(BENCH_ROUNDS) \
 	  --micro $(BENCH_DIR)/micro.md --out $(BENCH_DIR)/results.md --json $(BENCH_DIR)/results.json

@@ -17,10 +17,10 @@ use smart_fhir_edge::claims::VerifiedClaims;
 use smart_fhir_edge::config::Config;
 use smart_fhir_edge::decision::{Decision, Engine, RequestFacts};
 use smart_fhir_edge::fhir;
-use smart_fhir_edge::jwks::cache::{CasMismatch, SharedStore};
 use smart_fhir_edge::jwks::KeySet;
 use smart_fhir_edge::jwks::VerifyingKey;
 use smart_fhir_edge::scope::GrantedScopes;
+use smart_fhir_edge::shared::MemoryStore;
 use smart_fhir_edge::token::test_support::{self, good_claims, mint, Signer, AUD, ISS, NOW};
 use smart_fhir_edge::token::{
     self, base64url, Algorithm, JwtSimpleVerifier, SignatureError, SignatureVerifier,
@@ -59,28 +59,6 @@ fn measure<T>(s: &Settings, mut f: impl FnMut() -> T) -> (f64, f64) {
         .collect();
     samples.sort_by(f64::total_cmp);
     (samples[samples.len() / 2], samples[0])
-}
-
-/// Shared data kept in memory (the bench has no host).
-#[derive(Default)]
-struct MemoryStore(std::collections::HashMap<String, (Vec<u8>, u32)>);
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.0.get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        }
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        let current = self.0.get(key).map(|(_, c)| *c);
-        if cas.is_some() && cas != current {
-            return Err(CasMismatch);
-        }
-        self.0
-            .insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-        Ok(())
-    }
 }
 
 fn config() -> Config {
@@ -238,6 +216,8 @@ fn main() {
 
     // The whole decision, with the verified-token cache answering.
     let mut engine = Engine::new(config.clone(), "bench").unwrap();
+    // As the adapter does with `body_checks` (the default): searches are checked on the response.
+    engine.set_body_checks(true);
     let mut store = MemoryStore::default();
     let headers = request_headers(&token(Algorithm::RS256, 0));
     let now_ms = NOW * 1000;
@@ -258,8 +238,10 @@ fn main() {
         "/fhir/Patient/123",
         &mut engine
     ));
+    let search = decide("/fhir/Observation?code=8867-4", &mut engine);
     assert!(
-        matches!(decide("/fhir/Observation?code=8867-4", &mut engine), Decision::Allow(a) if a.new_path.is_some())
+        matches!(&search, Decision::Allow(a) if a.new_path.is_some()),
+        "the search is constrained: {search:?}"
     );
     case!("Engine::decide, cache hit, search constrained", || decide(
         "/fhir/Observation?code=8867-4",

@@ -89,8 +89,12 @@ pub struct AuditRecord {
     pub issuer: Option<String>,
     /// Envoy's `source.address` (the downstream peer, `ip:port`).
     pub source_address: Option<String>,
-    /// Whether the verified-token cache answered (`null` when no token was looked up).
+    /// Whether the verified-token cache answered (`null` when no token was looked up); for a token
+    /// that is not a JWT, whether the introspection cache answered.
     pub token_cache_hit: Option<bool>,
+    /// What decided about the token: `jwt`, `introspection_cached`, `introspection_live` (`null`
+    /// when no token was looked at).
+    pub token_source: Option<&'static str>,
     /// Scope context that allowed the request (`patient`, `user`, `system`).
     pub allowed_by: Option<&'static str>,
 }
@@ -124,7 +128,7 @@ impl AuditRecord {
                 (verdict, r.reason_code, Some(r.status), facts.as_ref())
             }
             Decision::Respond(_) => (Verdict::Allow, REASON_SMART_CONFIGURATION, None, &empty),
-            Decision::AwaitKeys { .. } => return None,
+            Decision::AwaitKeys { .. } | Decision::AwaitIntrospection { .. } => return None,
         };
         let claims = facts.claims.as_deref();
         let claim =
@@ -152,6 +156,7 @@ impl AuditRecord {
             issuer: claims.map(|c| c.issuer.clone()),
             source_address: None,
             token_cache_hit: facts.token_hash.as_ref().map(|_| facts.cache_hit),
+            token_source: facts.token_source.map(|t| t.as_str()),
             allowed_by: facts.allowed_by,
         })
     }
@@ -257,6 +262,7 @@ mod tests {
             claims: Some(claims()),
             allowed_by: Some("patient"),
             cache_hit: true,
+            token_source: Some(crate::decision::TokenSource::Jwt),
             public: false,
         }
     }
@@ -407,7 +413,8 @@ mod tests {
             "subject": "user-1", "fhir_user": "Practitioner/77", "patient": "123",
             "scopes": ["patient/Observation.rs", "launch/patient"], "jti": "jti-9",
             "token_hash": "0123456789ab", "issuer": "https://idp.example.org",
-            "source_address": "10.0.0.7:51234", "token_cache_hit": true, "allowed_by": "patient"
+            "source_address": "10.0.0.7:51234", "token_cache_hit": true, "token_source": "jwt",
+            "allowed_by": "patient"
         });
         assert_eq!(v, want);
         let positions: Vec<usize> = [
@@ -433,6 +440,7 @@ mod tests {
             "issuer",
             "source_address",
             "token_cache_hit",
+            "token_source",
             "allowed_by",
         ]
         .iter()
@@ -457,6 +465,7 @@ mod tests {
             "token_hash",
             "issuer",
             "token_cache_hit",
+            "token_source",
         ] {
             assert!(v[k].is_null(), "{k}: {v}");
         }

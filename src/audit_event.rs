@@ -470,6 +470,7 @@ mod tests {
             issuer: Some("https://idp.example.org".into()),
             source_address: Some("10.0.0.7:51234".into()),
             token_cache_hit: Some(false),
+            token_source: Some("jwt"),
             allowed_by: Some("patient"),
         }
     }

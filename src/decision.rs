@@ -18,10 +18,13 @@ use std::rc::Rc;
 
 use crate::authz;
 use crate::claims::VerifiedClaims;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, IntrospectionMode};
 use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
-use crate::jwks::cache::{KeyManager, Refetch, SharedStore};
+use crate::introspection::{
+    self, Answer, AnswerError, Cached, Introspected, IntrospectionRequest, Settled, TokenKey,
+};
+use crate::jwks::cache::{FetchAnswer, KeyManager, Refetch, SharedStore};
 use crate::jwks::KeySet;
 use crate::revocation::Revocation;
 use crate::scope::GrantedScopes;
@@ -83,10 +86,35 @@ pub struct Facts {
     pub claims: Option<Rc<VerifiedClaims>>,
     /// Scope context that allowed the request (`patient`, `user`, `system`).
     pub allowed_by: Option<&'static str>,
-    /// Whether the verified-token cache answered.
+    /// Whether the verified-token cache answered (the introspection cache, for a token that is not
+    /// a JWT).
     pub cache_hit: bool,
+    /// What the token's verdict came from, when a token was looked at.
+    pub token_source: Option<TokenSource>,
     /// The request was public (no token needed).
     pub public: bool,
+}
+
+/// What decided about a token: its JWT check, or an introspection answer (cached or live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The JWS signature and claims, checked at the edge.
+    Jwt,
+    /// An introspection answer from this VM's cache.
+    IntrospectionCached,
+    /// An introspection callout this request waited for (or its failure).
+    IntrospectionLive,
+}
+
+impl TokenSource {
+    /// The value written in audit records (`token_source`) and metric tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Jwt => "jwt",
+            TokenSource::IntrospectionCached => "introspection_cached",
+            TokenSource::IntrospectionLive => "introspection_live",
+        }
+    }
 }
 
 /// A request allowed: what to change before forwarding it.
@@ -137,6 +165,27 @@ pub enum Decision {
         generation: u64,
         deadline_ms: u64,
     },
+    /// The token must be introspected: pause the request until the answer for `key` arrives (then
+    /// decide again with it, [`Engine::decide_introspected`]) or `deadline_ms` passes (decide again
+    /// with [`AnswerError::Unreachable`]). `request` is the callout to send; `None` when one for the
+    /// same token is already in flight (concurrent requests share it).
+    AwaitIntrospection {
+        key: TokenKey,
+        request: Option<Box<IntrospectionRequest>>,
+        deadline_ms: u64,
+    },
+}
+
+/// Time a request waits for an introspection beyond the callout's own timeout, in case the host
+/// never answers (Envoy answers a timed-out callout itself).
+pub const INTROSPECTION_WAIT_MARGIN_MS: u64 = 1000;
+
+/// The introspecting provider (at most one: opaque tokens name no issuer to choose by).
+struct Introspecting {
+    provider: usize,
+    answers: introspection::Cache,
+    /// Tokens whose callout is in flight, with the time it is given up on.
+    in_flight: std::collections::HashMap<TokenKey, u64>,
 }
 
 /// Everything a VM decides with.
@@ -148,6 +197,7 @@ pub struct Engine {
     /// requests that need them are refused as before (fail closed).
     body_checks: bool,
     revocation: Revocation,
+    introspecting: Option<Introspecting>,
 }
 
 impl KeyLookup for KeyManager<KeySet> {
@@ -163,22 +213,23 @@ fn parse_key_set(bytes: &[u8]) -> Result<KeySet, String> {
 impl Engine {
     /// Builds the engine for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(config: Config, owner: &str) -> Result<Engine, ConfigError> {
-        // The introspection block is parsed and validated, but the request path does not call
-        // the endpoint yet: refuse it rather than accept a setting that would not be honoured.
-        if let Some(i) = config.providers.iter().position(|p| p.introspection.is_some()) {
-            return Err(ConfigError::new(
-                format!("providers[{i}].introspection"),
-                "token introspection is not supported by this version yet",
-            ));
-        }
         let keys = KeyManager::new(&config.providers, parse_key_set, owner)?;
         let revocation = Revocation::new(&config.revocation, owner);
+        // Configuration allows one introspecting provider at most.
+        let introspecting = config.providers.iter().enumerate().find_map(|(provider, p)| {
+            p.introspection.as_ref().map(|i| Introspecting {
+                provider,
+                answers: introspection::Cache::new(i.max_entries),
+                in_flight: std::collections::HashMap::new(),
+            })
+        });
         Ok(Engine {
             config: Rc::new(config),
             keys,
             cache: TokenCache::default(),
             body_checks: false,
             revocation,
+            introspecting,
         })
     }
 
@@ -248,8 +299,8 @@ impl Engine {
         &mut self.revocation
     }
 
-    /// Decides one request. `may_wait` is false when deciding again after a wait: the request is
-    /// then answered, never paused again.
+    /// Decides one request. `may_wait` is false when deciding again after a wait for keys: the
+    /// request is then answered, never paused for keys again.
     pub fn decide(
         &mut self,
         req: &RequestFacts<'_>,
@@ -257,6 +308,92 @@ impl Engine {
         store: &mut dyn SharedStore,
         verifier: &dyn SignatureVerifier,
         may_wait: bool,
+    ) -> Decision {
+        self.decide_inner(req, now_ms, store, verifier, may_wait, None)
+    }
+
+    /// Decides again a request that waited for the introspection of its token, with its outcome
+    /// (answered, never paused again).
+    pub fn decide_introspected(
+        &mut self,
+        req: &RequestFacts<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+        verifier: &dyn SignatureVerifier,
+        answer: &Introspected,
+    ) -> Decision {
+        self.decide_inner(req, now_ms, store, verifier, false, Some(answer))
+    }
+
+    /// Takes the answer of the introspection callout for `key`: maps it to the token's facts (or
+    /// inactive, or failed), caches it, and returns it for the requests that waited for it.
+    pub fn on_introspection_answer(
+        &mut self,
+        key: TokenKey,
+        answer: FetchAnswer,
+        now_ms: u64,
+    ) -> Introspected {
+        let failed = |e| Introspected {
+            key,
+            settled: Settled::Failed(e),
+        };
+        let config = &*self.config;
+        let Some(intro) = self.introspecting.as_mut() else {
+            return failed(AnswerError::Unreachable);
+        };
+        intro.in_flight.remove(&key);
+        let Some((provider, settings)) = config
+            .providers
+            .get(intro.provider)
+            .and_then(|p| p.introspection.as_ref().map(|i| (p, i)))
+        else {
+            return failed(AnswerError::Unreachable);
+        };
+        let now_s = now_ms / 1000;
+        let parsed = match answer {
+            FetchAnswer::Failed => Err(AnswerError::Unreachable),
+            FetchAnswer::Response { status, body } => {
+                introspection::parse_answer(provider, &config.patient_claim, status, &body, now_s)
+            }
+        };
+        let settled = match parsed {
+            Ok(Answer::Active(claims)) => {
+                let entry = Rc::new(CachedToken {
+                    granted: GrantedScopes::parse(&claims.scopes),
+                    forwarded: Rc::from(verified_headers(&claims)),
+                    claims: Rc::new(claims),
+                    token_hash: key_fingerprint(&key),
+                });
+                intro
+                    .answers
+                    .insert(key, Cached::Active(entry.clone()), settings, now_s);
+                Settled::Active(entry)
+            }
+            Ok(Answer::Inactive(why)) => {
+                intro.answers.insert(key, Cached::Inactive, settings, now_s);
+                Settled::Inactive(why)
+            }
+            Err(e) => Settled::Failed(e),
+        };
+        Introspected { key, settled }
+    }
+
+    /// Forgets the callout in flight for `key` (its sender went away): the next request sends it
+    /// again.
+    pub fn forget_introspection(&mut self, key: &TokenKey) {
+        if let Some(intro) = self.introspecting.as_mut() {
+            intro.in_flight.remove(key);
+        }
+    }
+
+    fn decide_inner(
+        &mut self,
+        req: &RequestFacts<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+        verifier: &dyn SignatureVerifier,
+        may_wait: bool,
+        answer: Option<&Introspected>,
     ) -> Decision {
         let mut facts = Facts::default();
         let config = &*self.config;
@@ -335,7 +472,39 @@ impl Engine {
         };
         let now_s = now_ms / 1000;
         let generation = self.keys.generations();
-        let entry = if let Some(entry) = self.cache.get(token, now_s, generation) {
+        // A token that is not a JWS is introspected by the introspecting provider, if any.
+        let opaque = self.introspecting.is_some() && !is_jws_shaped(token);
+        let entry = if opaque {
+            if token.len() > config.max_token_bytes {
+                return deny(Denial::InvalidToken(TokenReason::TooLarge), facts);
+            }
+            if let Err(e) = token::check_b64token(token) {
+                return deny(e.denial(), facts);
+            }
+            let key = introspection::token_key(token);
+            facts.token_hash = Some(key_fingerprint(&key));
+            let Some(intro) = self.introspecting.as_mut() else {
+                return deny(Denial::Internal, facts);
+            };
+            let verdict = introspect(intro, config, token, &key, now_ms, answer, &mut facts);
+            facts.cache_hit = facts.token_source == Some(TokenSource::IntrospectionCached);
+            match verdict {
+                Ok(entry) => entry,
+                Err(Stop::Deny(d)) => return deny(d, facts),
+                Err(Stop::Wait {
+                    key,
+                    request,
+                    deadline_ms,
+                }) => {
+                    return Decision::AwaitIntrospection {
+                        key,
+                        request,
+                        deadline_ms,
+                    }
+                }
+            }
+        } else if let Some(entry) = self.cache.get(token, now_s, generation) {
+            facts.token_source = Some(TokenSource::Jwt);
             facts.cache_hit = true;
             facts.token_hash = Some(entry.token_hash.clone());
             entry
@@ -343,6 +512,7 @@ impl Engine {
             if let Err(e) = token::check_b64token(token) {
                 return deny(e.denial(), facts);
             }
+            facts.token_source = Some(TokenSource::Jwt);
             // Hashed (and verified) once per token, until its `exp` or a key change.
             let token_hash = token::token_fingerprint(token);
             facts.token_hash = Some(token_hash.clone());
@@ -387,6 +557,34 @@ impl Engine {
         // The kill switch, on every request (cache hits included).
         if self.revocation.check(&claims).is_some() {
             return deny(Denial::InvalidToken(TokenReason::Revoked), facts);
+        }
+        // A JWT of a provider that introspects `always` must also be active at its provider (its
+        // own verified claims are what authorization reads).
+        if let (false, Some(intro)) = (opaque, self.introspecting.as_mut()) {
+            let always = config.providers.get(intro.provider).is_some_and(|p| {
+                p.issuer == claims.issuer
+                    && p.introspection
+                        .as_ref()
+                        .is_some_and(|i| i.mode == IntrospectionMode::Always)
+            });
+            if always {
+                let key = introspection::token_key(token);
+                match introspect(intro, config, token, &key, now_ms, answer, &mut facts) {
+                    Ok(_) => {}
+                    Err(Stop::Deny(d)) => return deny(d, facts),
+                    Err(Stop::Wait {
+                        key,
+                        request,
+                        deadline_ms,
+                    }) => {
+                        return Decision::AwaitIntrospection {
+                            key,
+                            request,
+                            deadline_ms,
+                        }
+                    }
+                }
+            }
         }
 
         // 4. Which FHIR interaction.
@@ -455,6 +653,92 @@ impl Engine {
             facts,
             pending,
         })
+    }
+}
+
+/// Why a token's introspection did not give its facts.
+enum Stop {
+    Deny(Denial),
+    /// Wait for the introspection of `key` ([`Decision::AwaitIntrospection`]).
+    Wait {
+        key: TokenKey,
+        request: Option<Box<IntrospectionRequest>>,
+        deadline_ms: u64,
+    },
+}
+
+/// A token shaped as a JWS compact serialization (three parts); anything else is opaque.
+fn is_jws_shaped(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// The token's short fingerprint (as [`token::token_fingerprint`]) from its SHA-256.
+fn key_fingerprint(key: &TokenKey) -> String {
+    token::hex(key.get(..6).unwrap_or_default())
+}
+
+/// Bound on the tokens tracked as in flight before stale ones are dropped.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// The introspection verdict on a token: its facts (active), or a refusal, or a wait for the
+/// callout. `answer` is the outcome a waiting request resumes with.
+fn introspect(
+    intro: &mut Introspecting,
+    config: &Config,
+    token: &str,
+    key: &TokenKey,
+    now_ms: u64,
+    answer: Option<&Introspected>,
+    facts: &mut Facts,
+) -> Result<Rc<CachedToken>, Stop> {
+    let Some(settings) = config
+        .providers
+        .get(intro.provider)
+        .and_then(|p| p.introspection.as_ref())
+    else {
+        return Err(Stop::Deny(Denial::Internal));
+    };
+    let settled = match answer.filter(|a| a.key == *key) {
+        Some(a) => {
+            facts.token_source = Some(TokenSource::IntrospectionLive);
+            a.settled.clone()
+        }
+        None => match intro.answers.get(key, now_ms / 1000) {
+            Some(cached) => {
+                facts.token_source = Some(TokenSource::IntrospectionCached);
+                match cached {
+                    Cached::Active(entry) => Settled::Active(entry),
+                    Cached::Inactive => Settled::Inactive("cached"),
+                }
+            }
+            None => {
+                // One callout per token: concurrent requests with the same token wait for it.
+                if let Some(deadline_ms) = intro.in_flight.get(key).copied().filter(|d| *d > now_ms) {
+                    return Err(Stop::Wait {
+                        key: *key,
+                        request: None,
+                        deadline_ms,
+                    });
+                }
+                if intro.in_flight.len() >= MAX_IN_FLIGHT {
+                    intro.in_flight.retain(|_, d| *d > now_ms);
+                }
+                let deadline_ms = now_ms
+                    .saturating_add(settings.timeout_ms)
+                    .saturating_add(INTROSPECTION_WAIT_MARGIN_MS);
+                intro.in_flight.insert(*key, deadline_ms);
+                return Err(Stop::Wait {
+                    key: *key,
+                    request: Some(Box::new(introspection::request(settings, token))),
+                    deadline_ms,
+                });
+            }
+        },
+    };
+    match settled {
+        Settled::Active(entry) => Ok(entry),
+        Settled::Inactive(_) => Err(Stop::Deny(Denial::InvalidToken(TokenReason::Inactive))),
+        Settled::Failed(_) => Err(Stop::Deny(Denial::IntrospectionUnavailable)),
     }
 }
 
@@ -536,35 +820,15 @@ pub fn classify_denial(e: &ClassifyError) -> Denial {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use serde_json::json;
 
     use super::*;
-    use crate::jwks::cache::{CasMismatch, FetchAnswer};
+    use crate::jwks::cache::FetchAnswer;
     use crate::token::test_support::{self, Signer, AUD, ISS, NOW};
     use crate::token::{Algorithm, JwtSimpleVerifier};
 
-    #[derive(Default)]
-    struct Store(HashMap<String, (Vec<u8>, u32)>, u32);
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.0
-                .get(key)
-                .map_or((None, None), |(v, c)| (Some(v.clone()), Some(*c)))
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-            if let (Some((_, cur)), Some(c)) = (self.0.get(key), cas) {
-                if *cur != c {
-                    return Err(CasMismatch);
-                }
-            }
-            self.1 += 1;
-            self.0.insert(key.to_string(), (value.to_vec(), self.1));
-            Ok(())
-        }
-    }
+    type Store = crate::shared::MemoryStore;
 
     fn engine(revocation: serde_json::Value) -> Engine {
         let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
@@ -576,18 +840,6 @@ mod tests {
         let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
         e.set_body_checks(true);
         e
-    }
-
-    #[test]
-    fn an_introspection_block_is_refused_until_it_is_honoured() {
-        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
-        let c = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
-            "introspection": {"mode": "always", "endpoint": "https://idp.example.org/introspect", "cluster": "idp",
-                              "client_auth": {"method": "bearer", "token": "t"}}}]});
-        let err = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0")
-            .err()
-            .unwrap();
-        assert_eq!(err.field, "providers[0].introspection");
     }
 
     fn token(edit: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -746,5 +998,297 @@ mod tests {
             ),
             "{d:?}"
         );
+    }
+    // ---- introspection --------------------------------------------------------------------------
+
+    const OPAQUE: &str = "f4k3-0paque_token~value";
+
+    fn introspecting(mode: &str) -> Engine {
+        let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+        let c = json!({"fhir_base": "/fhir", "providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks,
+            "introspection": {"mode": mode, "endpoint": "https://idp.example.org/token/introspection",
+                "cluster": "idp", "timeout_ms": 1500, "max_cache_s": 30, "negative_cache_s": 5,
+                "client_auth": {"method": "client_secret_basic", "client_id": "edge", "client_secret": "s"}}}]});
+        let mut e = Engine::new(Config::from_json(c.to_string().as_bytes()).unwrap(), "w0").unwrap();
+        e.set_body_checks(true);
+        e
+    }
+
+    fn decide_at(
+        e: &mut Engine,
+        now_s: u64,
+        path: &str,
+        token: &str,
+        answer: Option<&Introspected>,
+    ) -> Decision {
+        let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        let req = RequestFacts {
+            method: "GET",
+            path,
+            headers: &headers,
+        };
+        let mut store = Store::default();
+        match answer {
+            Some(a) => e.decide_introspected(&req, now_s * 1000, &mut store, &JwtSimpleVerifier, a),
+            None => e.decide(&req, now_s * 1000, &mut store, &JwtSimpleVerifier, true),
+        }
+    }
+
+    fn active_answer(extra: serde_json::Value) -> FetchAnswer {
+        let mut body = json!({"active": true, "iss": ISS, "aud": AUD, "exp": NOW + 3600,
+            "scope": "launch/patient patient/Observation.rs", "patient": "123", "client_id": "app-9",
+            "sub": "u-9", "fhirUser": "Patient/123"});
+        if let (Some(b), serde_json::Value::Object(x)) = (body.as_object_mut(), extra) {
+            b.extend(x);
+        }
+        FetchAnswer::Response {
+            status: 200,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// The key of the awaited token and whether this request carries the callout.
+    fn awaited(d: &Decision) -> (TokenKey, bool) {
+        match d {
+            Decision::AwaitIntrospection { key, request, .. } => (*key, request.is_some()),
+            other => panic!("expected a wait for introspection, got {other:?}"),
+        }
+    }
+
+    fn source(d: &Decision) -> Option<TokenSource> {
+        match d {
+            Decision::Allow(a) => a.facts.token_source,
+            Decision::Deny(_, f) => f.token_source,
+            _ => None,
+        }
+    }
+
+    const SEARCH: &str = "/fhir/Observation?patient=123";
+
+    #[test]
+    fn an_opaque_token_waits_for_one_callout_shared_by_concurrent_requests() {
+        let mut e = introspecting("opaque");
+        let first = decide_at(&mut e, NOW, SEARCH, OPAQUE, None);
+        let Decision::AwaitIntrospection {
+            key,
+            request: Some(request),
+            deadline_ms,
+        } = &first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(*key, introspection::token_key(OPAQUE));
+        assert_eq!(
+            (
+                request.cluster.as_str(),
+                request.path.as_str(),
+                request.timeout_ms
+            ),
+            ("idp", "/token/introspection", 1500)
+        );
+        assert!(request.body.starts_with("token=f4k3-0paque_token~value&"));
+        assert_eq!(*deadline_ms, NOW * 1000 + 1500 + INTROSPECTION_WAIT_MARGIN_MS);
+        for _ in 0..3 {
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, None);
+            assert_eq!(
+                awaited(&d),
+                (*key, false),
+                "the same token shares the callout in flight"
+            );
+        }
+        let (_, sends) = awaited(&decide_at(&mut e, NOW, SEARCH, "another-opaque", None));
+        assert!(sends, "another token has its own callout");
+        let answer = e.on_introspection_answer(*key, active_answer(json!({})), NOW * 1000);
+        let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&answer));
+        let Decision::Allow(a) = &d else { panic!("{d:?}") };
+        assert_eq!(a.facts.token_source, Some(TokenSource::IntrospectionLive));
+        assert_eq!(
+            a.facts.token_hash.as_deref(),
+            Some(token::token_fingerprint(OPAQUE).as_str())
+        );
+        assert!(a
+            .set_headers
+            .contains(&("x-smart-client-id", "app-9".to_string())));
+        assert!(a.set_headers.contains(&("x-smart-patient", "123".to_string())));
+        let d = decide_at(&mut e, NOW + 1, SEARCH, OPAQUE, None);
+        assert!(
+            matches!(&d, Decision::Allow(a) if a.facts.cache_hit
+                && a.facts.token_source == Some(TokenSource::IntrospectionCached)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn introspected_claims_meet_the_same_scope_and_patient_rules() {
+        let mut e = introspecting("opaque");
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+        e.on_introspection_answer(key, active_answer(json!({})), NOW * 1000);
+        let table = [
+            ("/fhir/Observation?patient=123", true),
+            ("/fhir/Observation?patient=456", false),
+            ("/fhir/Condition?patient=123", false),
+        ];
+        for (path, allowed) in table {
+            let d = decide_at(&mut e, NOW, path, OPAQUE, None);
+            assert_eq!(matches!(d, Decision::Allow(_)), allowed, "{path}: {d:?}");
+            if !allowed {
+                assert!(
+                    matches!(d, Decision::Deny(Denial::Forbidden { .. }, _)),
+                    "{path}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn active_answers_are_kept_until_the_revocation_delay_or_exp_and_inactive_ones_briefly() {
+        // (answer, seconds later still answered from the cache, seconds later introspected again)
+        let table = [
+            (active_answer(json!({})), 29, 30),
+            (active_answer(json!({"exp": NOW + 10})), 9, 10),
+            (
+                FetchAnswer::Response {
+                    status: 200,
+                    body: br#"{"active": false}"#.to_vec(),
+                },
+                4,
+                5,
+            ),
+        ];
+        for (answer, cached_until, again_at) in table {
+            let mut e = introspecting("opaque");
+            let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+            let active = matches!(&answer, FetchAnswer::Response { body, .. } if body.starts_with(b"{\"active\":true"));
+            let settled = e.on_introspection_answer(key, answer, NOW * 1000);
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&settled));
+            assert_eq!(source(&d), Some(TokenSource::IntrospectionLive));
+            let d = decide_at(&mut e, NOW + cached_until, SEARCH, OPAQUE, None);
+            assert_eq!(source(&d), Some(TokenSource::IntrospectionCached), "{d:?}");
+            if active {
+                assert!(matches!(d, Decision::Allow(_)), "{d:?}");
+            } else {
+                assert!(
+                    matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Inactive), _)),
+                    "{d:?}"
+                );
+            }
+            let d = decide_at(&mut e, NOW + again_at, SEARCH, OPAQUE, None);
+            assert_eq!(awaited(&d), (key, true), "introspected again");
+        }
+    }
+
+    #[test]
+    fn failed_introspections_refuse_with_503_and_are_not_cached() {
+        let failures = [
+            FetchAnswer::Failed,
+            FetchAnswer::Response {
+                status: 504,
+                body: b"upstream request timeout".to_vec(),
+            },
+            FetchAnswer::Response {
+                status: 200,
+                body: b"<html>".to_vec(),
+            },
+            FetchAnswer::Response {
+                status: 200,
+                body: br#"{"scope": "patient/*.rs"}"#.to_vec(),
+            },
+        ];
+        for answer in failures {
+            let mut e = introspecting("opaque");
+            let key = awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).0;
+            let settled = e.on_introspection_answer(key, answer, NOW * 1000);
+            let d = decide_at(&mut e, NOW, SEARCH, OPAQUE, Some(&settled));
+            assert!(
+                matches!(&d, Decision::Deny(Denial::IntrospectionUnavailable, f)
+                    if f.token_source == Some(TokenSource::IntrospectionLive)),
+                "{d:?}"
+            );
+            assert_eq!(
+                awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)),
+                (key, true)
+            );
+        }
+    }
+
+    #[test]
+    fn a_callout_given_up_on_is_sent_again_for_the_next_request() {
+        let mut e = introspecting("opaque");
+        let Decision::AwaitIntrospection { deadline_ms, .. } = decide_at(&mut e, NOW, SEARCH, OPAQUE, None)
+        else {
+            panic!()
+        };
+        let later = deadline_ms / 1000 + 1;
+        assert!(
+            awaited(&decide_at(&mut e, later, SEARCH, OPAQUE, None)).1,
+            "sent again"
+        );
+    }
+
+    #[test]
+    fn always_mode_verifies_the_jwt_first_then_needs_an_active_answer() {
+        let mut e = introspecting("always");
+        let good = token(|_| {});
+        let mut forged = good.clone();
+        forged.pop();
+        forged.push('A');
+        let d = decide_at(&mut e, NOW, SEARCH, &forged, None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::InvalidToken(TokenReason::BadSignature), f)
+                if f.token_source == Some(TokenSource::Jwt)),
+            "a JWT that does not verify is never introspected: {d:?}"
+        );
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, &good, None)).0;
+        // The answer's own claims differ: the JWT's verified claims are what authorization reads.
+        let settled =
+            e.on_introspection_answer(key, active_answer(json!({"client_id": "other"})), NOW * 1000);
+        let d = decide_at(&mut e, NOW, SEARCH, &good, Some(&settled));
+        let Decision::Allow(a) = &d else { panic!("{d:?}") };
+        assert_eq!(a.facts.token_source, Some(TokenSource::IntrospectionLive));
+        assert!(a
+            .set_headers
+            .contains(&("x-smart-client-id", "app-1".to_string())));
+        // Revoked at the provider: inactive from the next introspection on.
+        let revoked = token(|c| c["jti"] = json!("revoked-at-idp"));
+        let key = awaited(&decide_at(&mut e, NOW, SEARCH, &revoked, None)).0;
+        let settled = e.on_introspection_answer(
+            key,
+            FetchAnswer::Response {
+                status: 200,
+                body: br#"{"active": false}"#.to_vec(),
+            },
+            NOW * 1000,
+        );
+        let d = decide_at(&mut e, NOW, SEARCH, &revoked, Some(&settled));
+        assert!(
+            matches!(d, Decision::Deny(Denial::InvalidToken(TokenReason::Inactive), _)),
+            "{d:?}"
+        );
+        // Opaque tokens are introspected in this mode too.
+        assert!(awaited(&decide_at(&mut e, NOW, SEARCH, OPAQUE, None)).1);
+    }
+
+    #[test]
+    fn opaque_mode_leaves_jwts_to_the_local_check_and_without_introspection_opaque_tokens_are_malformed() {
+        let mut e = introspecting("opaque");
+        let d = decide_at(&mut e, NOW, SEARCH, &token(|_| {}), None);
+        assert!(
+            matches!(&d, Decision::Allow(a) if a.facts.token_source == Some(TokenSource::Jwt)),
+            "{d:?}"
+        );
+        let mut plain = engine(json!({}));
+        let d = decide_at(&mut plain, NOW, SEARCH, OPAQUE, None);
+        assert!(
+            matches!(&d, Decision::Deny(Denial::InvalidToken(TokenReason::Malformed), f)
+                if f.token_source == Some(TokenSource::Jwt)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn an_opaque_token_is_checked_for_its_characters_before_any_callout() {
+        let mut e = introspecting("opaque");
+        let d = decide_at(&mut e, NOW, SEARCH, "bad\"token", None);
+        assert!(matches!(d, Decision::Deny(Denial::InvalidRequest(_), _)), "{d:?}");
     }
 }

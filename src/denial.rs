@@ -38,6 +38,9 @@ pub enum TokenReason {
     MissingClaim,
     /// The client, subject or token id is on the revocation list.
     Revoked,
+    /// The provider's introspection endpoint says the token is not active (RFC 7662 `active:
+    /// false`: revoked, expired or unknown), or its answer is for another issuer or audience.
+    Inactive,
 }
 
 /// Why a request was refused by SMART authorization (HTTP 403).
@@ -88,6 +91,9 @@ pub enum Denial {
     InvalidToken(TokenReason),
     /// The keys needed to verify the token are not available (identity provider unreachable).
     KeysUnavailable,
+    /// The token's introspection gave no usable answer (endpoint unreachable, timed out, an HTTP
+    /// status other than 200, or not an RFC 7662 answer): fails closed.
+    IntrospectionUnavailable,
     /// Authorization refused the request. `scope` names a scope that would have allowed it.
     Forbidden {
         reason: ForbiddenReason,
@@ -126,6 +132,9 @@ pub struct Reply {
 
 /// Seconds a client should wait after a 503 for keys.
 pub const KEYS_RETRY_AFTER_S: u32 = 5;
+
+/// Seconds a client should wait after a 503 for an introspection.
+pub const INTROSPECTION_RETRY_AFTER_S: u32 = 5;
 
 fn bearer(realm: &str, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
     let mut v = format!("Bearer realm=\"{realm}\"");
@@ -187,6 +196,7 @@ impl TokenReason {
                 "The access token lacks a required claim or has a mistyped one",
             ),
             TokenReason::Revoked => ("invalid_token.revoked", "The access token has been revoked"),
+            TokenReason::Inactive => ("invalid_token.inactive", "The access token is not active"),
         }
     }
 }
@@ -229,7 +239,8 @@ impl Denial {
                     | TokenReason::IssuedInFuture
                     | TokenReason::LifetimeTooLong
                     | TokenReason::WrongAudience
-                    | TokenReason::MissingClaim => (IssueType::Unknown, 401),
+                    | TokenReason::MissingClaim
+                    | TokenReason::Inactive => (IssueType::Unknown, 401),
                 };
                 Reply {
                     status,
@@ -250,6 +261,15 @@ impl Denial {
                 diagnostics: "The keys needed to verify the access token are not available; retry later"
                     .into(),
                 reason_code: "keys_unavailable",
+            },
+            Denial::IntrospectionUnavailable => Reply {
+                status: 503,
+                www_authenticate: None,
+                retry_after: Some(INTROSPECTION_RETRY_AFTER_S),
+                severity: IssueSeverity::Error,
+                code: IssueType::Transient,
+                diagnostics: "The access token could not be checked with its issuer; retry later".into(),
+                reason_code: "introspection_unavailable",
             },
             Denial::Forbidden {
                 reason,
@@ -420,10 +440,12 @@ impl Denial {
             T::WrongAudience,
             T::MissingClaim,
             T::Revoked,
+            T::Inactive,
         ] {
             all.push(Denial::InvalidToken(t));
         }
         all.push(Denial::KeysUnavailable);
+        all.push(Denial::IntrospectionUnavailable);
         for f in [
             F::InsufficientScope,
             F::PatientContextMissing,
@@ -507,6 +529,8 @@ mod tests {
             (Denial::InvalidToken(TokenReason::BadSignature), 401, Some("invalid_token"), IssueType::Unknown, "invalid_token.signature"),
             (Denial::InvalidToken(TokenReason::Revoked), 401, Some("invalid_token"), IssueType::Security, "invalid_token.revoked"),
             (Denial::KeysUnavailable, 503, None, IssueType::Transient, "keys_unavailable"),
+            (Denial::InvalidToken(TokenReason::Inactive), 401, Some("invalid_token"), IssueType::Unknown, "invalid_token.inactive"),
+            (Denial::IntrospectionUnavailable, 503, None, IssueType::Transient, "introspection_unavailable"),
             (f(ForbiddenReason::InsufficientScope), 403, Some("insufficient_scope"), IssueType::Forbidden, "insufficient_scope"),
             (f(ForbiddenReason::OutsidePatientCompartment), 403, Some("insufficient_scope"), IssueType::Forbidden, "outside_patient_compartment"),
             (Denial::BadRequest(RequestReason::Malformed, "x"), 400, None, IssueType::Invalid, "bad_request.malformed"),
@@ -571,8 +595,10 @@ mod tests {
     }
 
     #[test]
-    fn keys_unavailable_asks_to_retry() {
+    fn keys_and_introspection_unavailable_ask_to_retry() {
         let r = Denial::KeysUnavailable.reply("x");
         assert_eq!(r.retry_after, Some(KEYS_RETRY_AFTER_S));
+        let r = Denial::IntrospectionUnavailable.reply("x");
+        assert_eq!(r.retry_after, Some(INTROSPECTION_RETRY_AFTER_S));
     }
 }

@@ -14,6 +14,7 @@ use base64::Engine as _;
 
 use crate::claims::VerifiedClaims;
 use crate::config::{ClientAuth, Introspection, Provider};
+use crate::token_cache::CachedToken;
 
 /// A token's cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -173,10 +174,41 @@ pub fn parse_answer(
     }))
 }
 
+/// What one introspection settled for a token: given to every request that waited for it.
+#[derive(Debug, Clone)]
+pub enum Settled {
+    /// Active: the facts, ready for authorization.
+    Active(Rc<CachedToken>),
+    /// Not active (or not for this API): why, for logs.
+    Inactive(&'static str),
+    /// No usable answer (the request fails closed).
+    Failed(AnswerError),
+}
+
+/// The outcome of an introspection callout, for the requests waiting on its token.
+#[derive(Debug, Clone)]
+pub struct Introspected {
+    pub key: TokenKey,
+    pub settled: Settled,
+}
+
+impl Introspected {
+    /// The outcome label counted in `introspections_total`: `active`, `inactive`, `unavailable`
+    /// (unreachable, timed out, HTTP status other than 200) or `invalid` (not an RFC 7662 answer).
+    pub fn outcome(&self) -> &'static str {
+        match self.settled {
+            Settled::Active(_) => "active",
+            Settled::Inactive(_) => "inactive",
+            Settled::Failed(AnswerError::Unreachable | AnswerError::Status(_)) => "unavailable",
+            Settled::Failed(AnswerError::Malformed) => "invalid",
+        }
+    }
+}
+
 /// A cached answer.
 #[derive(Debug, Clone)]
 pub enum Cached {
-    Active(Rc<VerifiedClaims>),
+    Active(Rc<CachedToken>),
     Inactive,
 }
 
@@ -222,14 +254,11 @@ impl Cache {
     }
 
     /// Caches an answer: active until `min(exp, now + max_cache_s)`, inactive for
-    /// `negative_cache_s`.
-    pub fn insert(&mut self, key: TokenKey, answer: &Answer, intro: &Introspection, now_s: u64) {
-        let (value, until) = match answer {
-            Answer::Active(c) => {
-                let until = c.expires_at.min(now_s.saturating_add(intro.max_cache_s));
-                (Cached::Active(Rc::new(c.clone())), until)
-            }
-            Answer::Inactive(_) => (Cached::Inactive, now_s.saturating_add(intro.negative_cache_s)),
+    /// `negative_cache_s`. The oldest entries leave first beyond `max_entries`.
+    pub fn insert(&mut self, key: TokenKey, value: Cached, intro: &Introspection, now_s: u64) {
+        let until = match &value {
+            Cached::Active(t) => t.claims.expires_at.min(now_s.saturating_add(intro.max_cache_s)),
+            Cached::Inactive => now_s.saturating_add(intro.negative_cache_s),
         };
         if until <= now_s {
             return;
@@ -345,15 +374,22 @@ mod tests {
         let p = basic();
         let intro = p.introspection.as_ref().unwrap();
         let mut cache = Cache::new(10);
-        let claims = |exp| VerifiedClaims {
-            issuer: "i".into(),
-            expires_at: exp,
-            ..Default::default()
+        let active = |exp| {
+            Cached::Active(Rc::new(CachedToken {
+                claims: Rc::new(VerifiedClaims {
+                    issuer: "i".into(),
+                    expires_at: exp,
+                    ..Default::default()
+                }),
+                granted: crate::scope::GrantedScopes::parse(&[]),
+                token_hash: String::new(),
+                forwarded: Rc::from(Vec::new()),
+            }))
         };
         let (a, b, c) = (token_key("a"), token_key("b"), token_key("c"));
-        cache.insert(a, &Answer::Active(claims(NOW + 3600)), intro, NOW);
-        cache.insert(b, &Answer::Active(claims(NOW + 30)), intro, NOW);
-        cache.insert(c, &Answer::Inactive("x"), intro, NOW);
+        cache.insert(a, active(NOW + 3600), intro, NOW);
+        cache.insert(b, active(NOW + 30), intro, NOW);
+        cache.insert(c, Cached::Inactive, intro, NOW);
         assert!(matches!(cache.get(&a, NOW + 59), Some(Cached::Active(_))));
         assert!(
             cache.get(&a, NOW + 60).is_none(),
@@ -370,7 +406,7 @@ mod tests {
         let intro = p.introspection.as_ref().unwrap();
         let mut cache = Cache::new(100);
         for i in 0..1000 {
-            cache.insert(token_key(&i.to_string()), &Answer::Inactive("x"), intro, NOW);
+            cache.insert(token_key(&i.to_string()), Cached::Inactive, intro, NOW);
         }
         assert_eq!(cache.len(), 100);
         assert!(cache.get(&token_key("999"), NOW).is_some());

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod revocation;
 pub mod scope;
+pub mod shared;
 pub mod token;
 pub mod token_cache;
 

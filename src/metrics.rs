@@ -33,6 +33,11 @@ pub const INTERACTIONS: &str = "smart_fhir_edge.interactions_total";
 pub const TOKEN_CACHE_HITS: &str = "smart_fhir_edge.token_cache_hits_total";
 /// Verified-token cache misses: tokens verified afresh (counter).
 pub const TOKEN_CACHE_MISSES: &str = "smart_fhir_edge.token_cache_misses_total";
+/// Decisions about a token by what decided (`token_source`: `jwt`, `introspection_cached`,
+/// `introspection_live`) (counter).
+pub const TOKEN_CHECKS: &str = "smart_fhir_edge.token_checks_total";
+/// Introspection callouts by outcome (`active`, `inactive`, `unavailable`, `invalid`) (counter).
+pub const INTROSPECTIONS: &str = "smart_fhir_edge.introspections_total";
 /// Time spent in one signature verification, microseconds (histogram).
 pub const SIGNATURE_VERIFICATION_US: &str = "smart_fhir_edge.signature_verification_us";
 /// Key-set fetches by provider index and outcome (`updated`, `unchanged`, `discovered`,
@@ -68,6 +73,10 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     (
         "interaction",
         r"^wasmcustom\.smart_fhir_edge\.interactions_total(\.interaction\.([^.]+))$",
+    ),
+    (
+        "token_source",
+        r"^wasmcustom\.smart_fhir_edge\.token_checks_total(\.token_source\.([a-z_]+))$",
     ),
     (
         "provider",
@@ -170,6 +179,14 @@ impl Metrics {
             Some(false) => self.count(host, TOKEN_CACHE_MISSES.to_string(), 1),
             None => {}
         }
+        if let Some(source) = record.token_source {
+            self.count(host, tagged(TOKEN_CHECKS, &[("token_source", source)]), 1);
+        }
+    }
+
+    /// Counts an introspection callout by outcome (`active`, `inactive`, `unavailable`, `invalid`).
+    pub fn on_introspection(&mut self, host: &mut dyn MetricHost, outcome: &str) {
+        self.count(host, tagged(INTROSPECTIONS, &[("outcome", outcome)]), 1);
     }
 
     /// Counts a checked response by outcome (`passed`, `filtered`, `refused`).
@@ -195,6 +212,8 @@ impl Metrics {
         for name in [TOKEN_CACHE_HITS, TOKEN_CACHE_MISSES] {
             self.id(host, MetricKind::Counter, name.to_string());
         }
+        let jwt = tagged(TOKEN_CHECKS, &[("token_source", "jwt")]);
+        self.id(host, MetricKind::Counter, jwt);
         self.id(host, MetricKind::Histogram, SIGNATURE_VERIFICATION_US.to_string());
         for p in 0..providers {
             let p = p.to_string();
@@ -418,6 +437,45 @@ mod tests {
             refusing.defined.is_empty(),
             "a refused definition is not retried per request"
         );
+    }
+
+    #[test]
+    fn counts_token_checks_by_source_and_introspections_by_outcome() {
+        let mut host = Host::default();
+        let mut m = Metrics::default();
+        for source in [
+            crate::decision::TokenSource::Jwt,
+            crate::decision::TokenSource::IntrospectionLive,
+            crate::decision::TokenSource::IntrospectionCached,
+            crate::decision::TokenSource::IntrospectionCached,
+        ] {
+            let facts = Facts {
+                token_hash: Some("ab".into()),
+                token_source: Some(source),
+                ..Facts::default()
+            };
+            let d = Decision::Deny(Denial::MissingToken, Box::new(facts));
+            m.on_decision(&mut host, &record_for(&d, Mode::Enforce));
+        }
+        m.on_introspection(&mut host, "inactive");
+        let table = [
+            ("smart_fhir_edge.token_checks_total.token_source.jwt", 1),
+            (
+                "smart_fhir_edge.token_checks_total.token_source.introspection_live",
+                1,
+            ),
+            (
+                "smart_fhir_edge.token_checks_total.token_source.introspection_cached",
+                2,
+            ),
+            ("smart_fhir_edge.introspections_total.outcome.inactive", 1),
+        ];
+        for (name, want) in table {
+            assert_eq!(host.value(name), Some(want), "{name}");
+        }
+        // The stats_tags rules turn the segments into labels.
+        let tags: Vec<&str> = STATS_TAGS.iter().map(|(t, _)| *t).collect();
+        assert!(tags.contains(&"token_source") && tags.contains(&"outcome"));
     }
 
     #[test]

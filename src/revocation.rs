@@ -16,7 +16,8 @@ use std::rc::Rc;
 
 use crate::claims::VerifiedClaims;
 use crate::config::{RevocationConfig, RevocationRefresh, MAX_REVOKED_ENTRIES};
-use crate::jwks::cache::{FetchAnswer, SharedStore};
+use crate::jwks::cache::FetchAnswer;
+use crate::shared::{backoff_s, LeaseHolder, SharedFetch, SharedStore};
 
 /// Largest revocation document accepted (bytes).
 pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
@@ -169,28 +170,9 @@ pub struct Revocation {
     /// Deadline (ms) of the callout in flight.
     in_flight: Option<u64>,
     failures: u32,
-    prefix: String,
+    /// Its `list` and `lease` entries in shared data.
+    shared: SharedFetch,
     owner: String,
-}
-
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-fn parse_entry(v: &[u8]) -> Option<(u64, &[u8])> {
-    let nl = v.iter().position(|b| *b == b'\n')?;
-    let (head, rest) = v.split_at(nl);
-    Some((std::str::from_utf8(head).ok()?.parse().ok()?, rest.get(1..)?))
-}
-
-fn parse_lease(v: &[u8]) -> Option<(&str, u64)> {
-    let (owner, until) = std::str::from_utf8(v).ok()?.split_once(' ')?;
-    Some((owner, until.parse().ok()?))
 }
 
 /// Longest wait after repeated failures (seconds), never more than the refresh interval.
@@ -199,9 +181,9 @@ pub const MAX_BACKOFF_S: u64 = 300;
 impl Revocation {
     /// The state for a configuration. `owner` names this VM in shared-data leases.
     pub fn new(c: &RevocationConfig, owner: impl Into<String>) -> Revocation {
-        let prefix = format!(
-            "smart_fhir_edge/revocation/{:016x}",
-            fnv1a(c.refresh.as_ref().map_or("", |r| r.uri.uri.as_str()))
+        let shared = SharedFetch::new(
+            "revocation",
+            c.refresh.as_ref().map_or("", |r| r.uri.uri.as_str()),
         );
         Revocation {
             configured: RevocationList::from_config(c),
@@ -211,7 +193,7 @@ impl Revocation {
             seen_cas: None,
             in_flight: None,
             failures: 0,
-            prefix,
+            shared,
             owner: owner.into(),
         }
     }
@@ -249,17 +231,13 @@ impl Revocation {
         if self.fetched.is_some() && now_s < self.fetched_at.saturating_add(plan.interval_s) {
             return (None, outcome);
         }
-        let lease_key = format!("{}/lease", self.prefix);
-        let (lease, cas) = store.get(&lease_key);
-        if let Some((_, until)) = lease.as_deref().and_then(parse_lease) {
-            // Another worker's fetch, or anyone's backoff after a failure.
-            if until > now_s {
-                return (None, outcome);
-            }
+        let (holder, cas) = self.shared.holder(store, &self.owner, now_s);
+        // Another worker's fetch, or anyone's backoff after a failure.
+        if holder != LeaseHolder::Free {
+            return (None, outcome);
         }
         let hold = plan.timeout_ms.div_ceil(1000) * 2 + 1;
-        let claim = format!("{} {}", self.owner, now_s + hold);
-        if store.set(&lease_key, claim.as_bytes(), cas).is_err() {
+        if !self.shared.claim(store, &self.owner, now_s + hold, cas) {
             return (None, outcome);
         }
         self.in_flight = Some(now_ms.saturating_add(plan.timeout_ms));
@@ -273,16 +251,16 @@ impl Revocation {
     }
 
     fn adopt_shared(&mut self, store: &mut dyn SharedStore) -> Option<RefreshOutcome> {
-        let (value, cas) = store.get(&format!("{}/list", self.prefix));
+        let (entry, cas) = self.shared.read(store, "list");
         if cas.is_none() || cas == self.seen_cas {
             return None;
         }
         self.seen_cas = cas;
-        let (fetched_at, body) = value.as_deref().and_then(parse_entry)?;
+        let (fetched_at, body) = entry?;
         if self.fetched.is_some() && fetched_at < self.fetched_at {
             return None;
         }
-        let list = RevocationList::parse(body).ok()?;
+        let list = RevocationList::parse(&body).ok()?;
         let entries = list.len();
         let changed = self.fetched.as_deref() != Some(&list);
         self.fetched = Some(Rc::new(list));
@@ -298,14 +276,8 @@ impl Revocation {
             .refresh
             .as_ref()
             .map_or(MAX_BACKOFF_S, |r| r.interval_s.min(MAX_BACKOFF_S));
-        let retry_in_s = (1u64 << self.failures.min(9)).min(cap);
-        let lease_key = format!("{}/lease", self.prefix);
-        let (_, cas) = store.get(&lease_key);
-        let _ = store.set(
-            &lease_key,
-            format!("{} {}", self.owner, now_s + retry_in_s).as_bytes(),
-            cas,
-        );
+        let retry_in_s = backoff_s(self.failures, cap);
+        self.shared.back_off(store, &self.owner, now_s + retry_in_s);
         RefreshOutcome::Failed {
             reason: reason.to_string(),
             retry_in_s,
@@ -336,17 +308,10 @@ impl Revocation {
         };
         self.in_flight = None;
         self.failures = 0;
-        let entry_key = format!("{}/list", self.prefix);
-        let mut entry = now_s.to_string().into_bytes();
-        entry.push(b'\n');
-        entry.extend_from_slice(&body);
-        let _ = store.set(&entry_key, &entry, None);
-        let (_, cas) = store.get(&entry_key);
+        let (_, cas) = self.shared.publish(store, "list", now_s, &body);
         self.seen_cas = cas;
         self.fetched_at = now_s;
-        let lease_key = format!("{}/lease", self.prefix);
-        let (_, lcas) = store.get(&lease_key);
-        let _ = store.set(&lease_key, format!("{} 0", self.owner).as_bytes(), lcas);
+        self.shared.release(store, &self.owner);
         if self.fetched.as_deref() == Some(&list) {
             RefreshOutcome::Unchanged
         } else {
@@ -359,36 +324,11 @@ impl Revocation {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
     use crate::config::{Config, HttpUri};
-    use crate::jwks::cache::CasMismatch;
 
-    #[derive(Default)]
-    struct Store {
-        map: HashMap<String, (Vec<u8>, u32)>,
-        next: u32,
-    }
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.map.get(key) {
-                Some((v, c)) => (Some(v.clone()), Some(*c)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-            if let (Some((_, current)), Some(c)) = (self.map.get(key), cas) {
-                if *current != c {
-                    return Err(CasMismatch);
-                }
-            }
-            self.next += 1;
-            self.map.insert(key.to_string(), (value.to_vec(), self.next));
-            Ok(())
-        }
-    }
+    type Store = crate::shared::MemoryStore;
 
     fn claims(client: &str, sub: &str, jti: Option<&str>) -> VerifiedClaims {
         VerifiedClaims {

@@ -86,8 +86,22 @@ def with_second_module(yaml, wasm):
     return yaml[:end] + block + yaml[end:]
 
 
+def with_null_filter(yaml, null_wasm):
+    """Adds listener `null_wasm` (W): listener C with a Wasm module that does nothing instead of this
+    filter (envoy/bench/null-filter.wat), so W - A is the cost of Envoy's Wasm machinery itself."""
+    start = yaml.index("  - name: smart_fhir_edge\n")
+    end = yaml.index("  clusters:\n")
+    block = yaml[start:end]
+    block = block.replace("  - name: smart_fhir_edge\n", "  - name: null_wasm\n", 1)
+    block = block.replace("stat_prefix: smart_fhir_edge", "stat_prefix: null_wasm")
+    block = block.replace("vm_id: smart_fhir_edge", "vm_id: null_wasm")
+    block = re.sub(r"value: '.*'", "value: ''", block, count=1)
+    block = block.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(null_wasm)}")
+    return yaml[:end] + block + yaml[end:]
+
+
 class Envoy:
-    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None):
+    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None):
         self.workdir = workdir
         with open(os.path.join(HERE, "envoy.yaml")) as f:
             yaml = f.read()
@@ -95,6 +109,8 @@ class Envoy:
         yaml = yaml.replace(f"port_value: {UPSTREAM_PLACEHOLDER}", f"port_value: {upstream}")
         if second_wasm:
             yaml = with_second_module(yaml, second_wasm)
+        if null_wasm:
+            yaml = with_null_filter(yaml, null_wasm)
         yaml = yaml.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(wasm)}")
         config = os.path.join(workdir, "envoy.yaml")
         with open(config, "w") as f:
@@ -212,7 +228,7 @@ def sanity(envoy, token, skip=()):
         port = envoy.ports[name]
         ok, _ = http_get(port, PATH, {"Authorization": f"Bearer {token}"})
         none, _ = http_get(port, PATH)
-        want_none = 200 if label == "A" else 401
+        want_none = 200 if label in ("A", "W") else 401
         if ok != 200 or none != want_none:
             raise RuntimeError(f"{name}: with token {ok} (want 200), without {none} (want {want_none})\n"
                                + envoy.read_log())
@@ -262,7 +278,11 @@ def main():
                     help="do not require C0 to refuse requests without a token (experimental builds)")
     ap.add_argument("--listeners", help="comma-separated subset of A,B,B',C,C0 to measure (all by default)")
     ap.add_argument("--workloads", default="same,distinct,fresh", help="comma-separated subset")
+    ap.add_argument("--null-wasm", help="a Wasm module that does nothing (null-filter.wat compiled), "
+                    "measured as listener W: the floor of any Wasm filter")
     args = ap.parse_args()
+    if args.null_wasm:
+        LISTENERS.insert(1, ("W", "null_wasm", "Wasm filter doing nothing"))
     if args.compare_wasm:
         LISTENERS.append(("C0", "smart_fhir_edge_alt", "smart-fhir-edge, --compare-wasm build"))
     measured = [l for l in LISTENERS if not args.listeners or l[0] in args.listeners.split(",")]
@@ -286,11 +306,11 @@ def main():
     wasm_size = os.path.getsize(args.wasm)
     log(f"bench: Envoy {version}; {nproc} CPUs ({model}); load {load_before}; module {wasm_size} bytes")
 
-    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm)
+    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm, args.null_wasm)
     results = {}  # (workload, label) -> list of runs
     memory = {}
     try:
-        sanity(envoy, tokens[0], skip=("C0",) if args.unchecked_compare else ())
+        sanity(envoy, tokens[0], skip=tuple(l for l, _, _ in LISTENERS if l not in ("A", "W", "B", "B'", "C")) if args.unchecked_compare else ())
         url = lambda name: f"http://127.0.0.1:{envoy.ports[name]}{PATH}"
         workloads = [("same", "same token on every request"),
                      ("distinct", f"{args.distinct:,} distinct tokens in rotation (RS256)")]
@@ -351,7 +371,7 @@ def main():
     lines.append("")
     lines.append(f"Envoy {version}, `--concurrency 1`; {nproc} CPUs ({model}); wrk 1 thread, "
                  f"{args.connections} connections, {args.duration} s per run, {args.rounds} rounds "
-                 f"(listeners in turn A B B' C); load average before {load_before}, after {load_after}; "
+                 f"(listeners in turn {' '.join(l for l, _, _ in measured)}); load average before {load_before}, after {load_after}; "
                  f"module {wasm_size:,} bytes. Medians over the rounds.")
     lines.append("")
     for workload, title in [(w, t) for w, t in workloads]:
@@ -371,7 +391,8 @@ def main():
             xs, ys = results.get((workload, x), []), results.get((workload, y), [])
             return statistics.median(a[key] / b[key] for a, b in zip(xs, ys))
         labels = [l for l, _, _ in measured]
-        pairs = [(x, y) for x, y in [("B", "A"), ("C", "A"), ("C", "B"), ("C", "B'"), ("C", "C0")]
+        pairs = [(x, y) for x, y in [("W", "A"), ("B", "A"), ("C", "A"), ("C", "W"), ("C", "B"),
+                                        ("C", "B'"), ("C", "C0")]
                  if x in labels and y in labels]
         lines.append("")
         if pairs:

@@ -16,6 +16,9 @@ export const RESOURCE_TYPES = [
  * scopes it may be granted on the FHIR API. `alg` is the JWS algorithm of its access tokens (the
  * provider holds an RS256 and an ES256 key); `ttl_s` their lifetime; `backdate_s` shifts `iat` and
  * `exp` into the past so a token is already expired when issued (demo of a refusal).
+ * `access_token_format: 'opaque'` makes its access tokens opaque (random strings the edge
+ * introspects, RFC 7662) instead of JWTs; `introspector` marks the edge's own client, which may
+ * introspect every token.
  */
 export const CLIENTS = {
   'demo-backend': {
@@ -60,6 +63,21 @@ export const CLIENTS = {
     alg: 'ES256',
     ttl_s: 1,
     backdate_s: 120,
+  },
+  'demo-opaque-backend': {
+    description: 'backend service whose access tokens are opaque (introspected by the edge, revocable at once)',
+    secret: 'demo-opaque-backend-secret',
+    grant_types: ['client_credentials'],
+    scope_context: 'system',
+    access_token_format: 'opaque',
+    ttl_s: 3600,
+  },
+  'smart-fhir-edge': {
+    description: 'the edge itself: authenticates to the introspection endpoint (RFC 7662)',
+    secret: 'smart-fhir-edge-secret',
+    grant_types: ['client_credentials'],
+    scope_context: 'none',
+    introspector: true,
   },
 };
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // A real OpenID Connect provider (panva's oidc-provider) configured to issue SMART on FHIR access
 // tokens: RFC 9068 JWT access tokens for the FHIR resource server (resource indicators), signed RS256
-// or ES256 depending on the app, client_credentials for backend services and authorization code +
+// or ES256 depending on the app (opaque tokens for `demo-opaque-backend`, which the edge introspects
+// at /token/introspection, RFC 7662, and which its client revokes at /token/revocation, RFC 7009), client_credentials for backend services and authorization code +
 // PKCE for the patient and clinician apps, with the `patient` and `fhirUser` claims in the token.
 //
 // Usage: node idp.mjs [--port 9000] [--host 127.0.0.1] [--issuer URL] [--audience URL] [--keys DIR]
@@ -103,7 +104,7 @@ function resourceServerFor(client) {
   return {
     scope: allowed.join(' '),
     audience,
-    accessTokenFormat: 'jwt',
+    accessTokenFormat: c?.access_token_format ?? 'jwt',
     accessTokenTTL: c?.ttl_s ?? 300,
     jwt: { sign: { alg: c?.alg ?? 'RS256' } },
   };
@@ -130,8 +131,18 @@ const configuration = {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
-    introspection: { enabled: true },
-    revocation: { enabled: true },
+    // RFC 7662: the edge (client `smart-fhir-edge`) may introspect every token, another client only
+    // its own. oidc-provider introspects opaque tokens only (a JWT access token speaks for itself).
+    introspection: {
+      enabled: true,
+      allowedPolicy: (_ctx, client, token) => CLIENTS[client.clientId]?.introspector === true
+        || (client.clientAuthMethod !== 'none' && token.clientId === client.clientId),
+    },
+    // RFC 7009: a client revokes its own tokens.
+    revocation: {
+      enabled: true,
+      allowedPolicy: (_ctx, client, token) => token.clientId === client.clientId,
+    },
     resourceIndicators: {
       enabled: true,
       // The FHIR API is the only resource server; a request that names none gets it.

@@ -201,6 +201,7 @@ mint_tokens() {
   mint patient.jwt auth-code --client demo-patient-app --login amy --scope 'openid fhirUser launch/patient patient/*.rs'
   mint clinician.jwt auth-code --client demo-clinician-app --login dr-carter --scope 'openid fhirUser user/*.rs'
   mint expired.jwt client-credentials --client demo-expired --scope 'system/*.rs'
+  mint opaque.token client-credentials --client demo-opaque-backend --scope 'system/*.rs'
 }
 
 PASSED=0
@@ -254,6 +255,13 @@ showcase() {
   note ""
   note "Expired token — demo-expired, issued with exp two minutes in the past (beyond the 60 s clock skew)"
   show "search patients" 401 "$(bearer expired.jwt) '$FHIR/Patient'"
+  note ""
+  note "Opaque token — demo-opaque-backend, client_credentials: the edge introspects it at the provider (RFC 7662);"
+  note "  an active answer is trusted 5 s (max_cache_s, the revocation delay)"
+  show "search all patients" 200 "$(bearer opaque.token) '$FHIR/Patient'"
+  show "revoke the token at the provider (RFC 7009)" 200 "-u demo-opaque-backend:demo-opaque-backend-secret -d \"token=\$(cat .demo/tokens/opaque.token)\" '$ISSUER/token/revocation'"
+  sleep 6
+  show "search all patients, 6 s after the revocation" 401 "$(bearer opaque.token) '$FHIR/Patient'"
   note ""
   note "Rate limit — 5 requests per 10 s per app (Envoy local_ratelimit keyed on x-smart-client-id)"
   burst=$(cd "$ROOT" && for _ in $(seq 12); do

@@ -17,7 +17,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use crate::body::ResponseVerdict;
 
 use super::host::{self, HostMetrics, HostSharedData};
-use super::root::{SharedVm, Vm, Waiter};
+use super::root::{self, IntrospectionWaiter, Root, SharedVm, Vm, Waiter};
 use crate::audit::{AuditRecord, FILTER_STATE_PROPERTY, LOG_PREFIX};
 use crate::audit_event::audit_event;
 use crate::config::Mode;
@@ -25,9 +25,22 @@ use crate::decision::{
     is_forwarded_header, path_with_param, verified_headers, Decision, Pending, RequestFacts,
 };
 use crate::denial::Denial;
+use crate::introspection::{Introspected, TokenKey};
+use crate::jwks::cache::FetchAnswer;
 use crate::metrics::{TimedVerifier, SIGNATURE_VERIFICATION_US};
 use crate::outcome::{self, Format, IssueSeverity, OperationOutcome};
 use crate::token::{Fallback, HostVerifier, JwtSimpleVerifier, SignatureVerifier};
+
+/// Which decision of a request this is.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempt<'a> {
+    /// On its headers (it may wait for keys or an introspection).
+    First,
+    /// After waiting for keys (it may not wait for keys again).
+    AfterKeys,
+    /// After waiting for its token's introspection, with the outcome.
+    AfterIntrospection(&'a Introspected),
+}
 
 /// What a stream remembers between callbacks.
 #[derive(Default)]
@@ -54,6 +67,8 @@ pub struct StreamState {
     pub held: Option<HeldResponse>,
     /// The decision's metrics wait for its body check.
     pub uncounted: bool,
+    /// The token whose introspection callout this stream sent, until its answer arrives.
+    pub introspection_sent: Option<TokenKey>,
 }
 
 /// Where a request stands in this filter.
@@ -162,9 +177,12 @@ impl Stream {
     }
 
     /// Decides (or decides again) and acts. Returns what the header callback should return.
-    fn decide(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, may_wait: bool) -> Action {
+    fn decide(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, attempt: Attempt<'_>) -> Action {
         let mut v = vm.borrow_mut();
         let mut s = state.borrow_mut();
+        if matches!(attempt, Attempt::AfterIntrospection(_)) {
+            s.introspection_sent = None;
+        }
         let now = host::now_ms();
         let facts = RequestFacts {
             method: &s.method,
@@ -183,9 +201,19 @@ impl Stream {
         };
         let timed = TimedVerifier::new(inner, host::now_us);
         let vm_state = &mut *v;
-        let decision = vm_state
-            .engine
-            .decide(&facts, now, &mut HostSharedData, &timed, may_wait);
+        let decision = match attempt {
+            Attempt::First => vm_state
+                .engine
+                .decide(&facts, now, &mut HostSharedData, &timed, true),
+            Attempt::AfterKeys => vm_state
+                .engine
+                .decide(&facts, now, &mut HostSharedData, &timed, false),
+            Attempt::AfterIntrospection(answer) => {
+                vm_state
+                    .engine
+                    .decide_introspected(&facts, now, &mut HostSharedData, &timed, answer)
+            }
+        };
         let config = vm_state.engine.config().clone();
         for us in timed.samples() {
             vm_state
@@ -206,7 +234,10 @@ impl Stream {
             }
             s.audit = Some(record);
         }
-        if !matches!(decision, Decision::AwaitKeys { .. }) {
+        if !matches!(
+            decision,
+            Decision::AwaitKeys { .. } | Decision::AwaitIntrospection { .. }
+        ) {
             s.phase = RequestPhase::Done;
         }
         match decision {
@@ -292,6 +323,39 @@ impl Stream {
                 });
                 Action::Pause
             }
+            Decision::AwaitIntrospection {
+                key,
+                request,
+                deadline_ms,
+            } => {
+                let Some(request) = request else {
+                    // A callout for this token is in flight: wait for its answer.
+                    v.introspection_waiters.push(IntrospectionWaiter {
+                        context_id: s.context_id,
+                        stream: Rc::downgrade(state),
+                        key,
+                        deadline_ms,
+                        retry: false,
+                    });
+                    return Action::Pause;
+                };
+                if Root::dispatch_introspection(&mut v, key, &request) {
+                    s.introspection_sent = Some(key);
+                    v.introspection_waiters.push(IntrospectionWaiter {
+                        context_id: s.context_id,
+                        stream: Rc::downgrade(state),
+                        key,
+                        deadline_ms,
+                        retry: false,
+                    });
+                    return Action::Pause;
+                }
+                // Not even sent: decide again at once with the failure (fails closed).
+                let answer = Root::settle_introspection(&mut v, key, FetchAnswer::Failed, now);
+                drop(s);
+                drop(v);
+                Stream::decide(vm, state, Attempt::AfterIntrospection(&answer))
+            }
         }
     }
 
@@ -360,9 +424,10 @@ impl Stream {
     }
 
     /// Called by the root (with this stream as the effective context) when the keys this stream
-    /// waited for arrived, their fetch ended, or its deadline passed.
-    pub fn decide_again(vm: &SharedVm, state: &Rc<RefCell<StreamState>>) {
-        if Stream::decide(vm, state, false) == Action::Continue {
+    /// waited for arrived, their fetch ended, or its deadline passed, or when the introspection it
+    /// waited for settled.
+    pub fn decide_again(vm: &SharedVm, state: &Rc<RefCell<StreamState>>, attempt: Attempt<'_>) {
+        if Stream::decide(vm, state, attempt) == Action::Continue {
             if let Err(status) = hostcalls::resume_http_request() {
                 log::warn!("smart-fhir-edge: cannot resume a request: {status:?}");
             }
@@ -429,7 +494,27 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    /// The SDK delivers a callout's answer to the context that sent it: introspections are sent by
+    /// the first request that needs them.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(vm) = self.vm.clone() else { return };
+        let context_id = {
+            let Ok(mut s) = self.state.try_borrow_mut() else {
+                return;
+            };
+            s.introspection_sent = None;
+            s.context_id
+        };
+        root::on_introspection_response(&vm, token_id, num_headers, body_size, context_id);
+    }
+}
 
 impl Stream {
     /// Runs the response check on the held response once its body is complete (or too large):
@@ -586,7 +671,7 @@ impl HttpContext for Stream {
             Stream::reply(&mut s, &Denial::Internal, "smart-fhir-edge");
             return Action::Pause;
         };
-        Stream::decide(&vm, &self.state, true)
+        Stream::decide(&vm, &self.state, Attempt::First)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -718,6 +803,16 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        // This stream sent an introspection still unanswered: Envoy cancels it with the stream, so
+        // the requests sharing it ask again.
+        let abandoned = self
+            .state
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.introspection_sent.take());
+        if let (Some(key), Some(vm)) = (abandoned, self.vm.clone()) {
+            root::abandon_introspection(&vm, key);
+        }
         // The stream ended without response headers (client gone, reset), or while its response
         // was held: write the record now. Usually it was written when the response started, and
         // then the host is not asked for the response code.

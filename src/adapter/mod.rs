@@ -1,8 +1,9 @@
 //! The thin adapter: the only code that talks to the proxy-wasm host (Envoy).
 //!
 //! It turns host events into calls of the pure core and the core's decisions into host actions:
-//! [`root`] owns configuration, key fetching on ticks and requests waiting for keys; [`http`] owns
-//! one stream; [`host`] wraps every host call so that none can panic. Nothing here decides.
+//! [`root`] owns configuration, key fetching on ticks and requests waiting for keys or
+//! introspections; [`http`] owns one stream (and the introspection callouts it sends); [`host`]
+//! wraps every host call so that none can panic. Nothing here decides.
 
 mod host;
 mod http;

@@ -1,5 +1,6 @@
-//! The root context of a VM: configuration, key fetching on ticks, requests waiting for keys, the
-//! revocation-list refresh, the AuditEvent batches, and the VM's metrics.
+//! The root context of a VM: configuration, key fetching on ticks, requests waiting for keys or for
+//! their token's introspection (one callout per token, its answer resuming every request that
+//! waits for it), the revocation-list refresh, the AuditEvent batches, and the VM's metrics.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,10 +12,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
 use super::host::{self, HostMetrics, HostSharedData};
-use super::http::{Stream, StreamState};
+use super::http::{Attempt, Stream, StreamState};
 use crate::audit_event::{refused_entries, AuditQueue, SendResult};
 use crate::config::Config;
 use crate::decision::Engine;
+use crate::introspection::{Introspected, IntrospectionRequest, Settled, TokenKey, MAX_ANSWER_BYTES};
 use crate::jwks::cache::{FetchAnswer, FetchOutcome, FetchRequest, MAX_DOCUMENT_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::revocation::{RefreshOutcome, RefreshRequest, MAX_LIST_BYTES};
@@ -46,9 +48,21 @@ pub struct Waiter {
     pub deadline_ms: u64,
 }
 
+/// A request paused until its token's introspection settles.
+pub struct IntrospectionWaiter {
+    pub context_id: u32,
+    pub stream: Weak<RefCell<StreamState>>,
+    pub key: TokenKey,
+    pub deadline_ms: u64,
+    /// Its callout was cancelled: decide afresh on the next tick.
+    pub retry: bool,
+}
+
 /// What a callout was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Callout {
+    /// The introspection of a token (by its SHA-256).
+    Introspection(TokenKey),
     /// A key-set or discovery fetch of a provider (index).
     Keys(usize),
     /// The revocation-list refresh.
@@ -61,6 +75,8 @@ pub enum Callout {
 pub struct Vm {
     pub engine: Engine,
     pub waiters: Vec<Waiter>,
+    /// Requests waiting for introspections (several per token when they share one callout).
+    pub introspection_waiters: Vec<IntrospectionWaiter>,
     /// Callout token -> what it is for.
     pub callouts: HashMap<u32, Callout>,
     /// Whether Envoy's `verify_signature` foreign function is available.
@@ -125,6 +141,50 @@ impl Root {
                 record_outcome(vm, fetch.provider, &outcome);
             }
         }
+    }
+
+    /// Sends a token's introspection callout; false when the host refused to send it.
+    pub fn dispatch_introspection(vm: &mut Vm, key: TokenKey, r: &IntrospectionRequest) -> bool {
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+        ];
+        headers.extend(r.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        match host::dispatch(&r.cluster, headers, Some(r.body.as_bytes()), r.timeout_ms) {
+            Ok(token) => {
+                vm.callouts.insert(token, Callout::Introspection(key));
+                true
+            }
+            Err(status) => {
+                log::warn!(
+                    "smart-fhir-edge: cannot send an introspection through cluster `{}`: {status:?}",
+                    r.cluster
+                );
+                false
+            }
+        }
+    }
+
+    /// Hands an introspection answer to the engine, and logs and counts what it settled.
+    pub fn settle_introspection(vm: &mut Vm, key: TokenKey, answer: FetchAnswer, now: u64) -> Introspected {
+        let status = match &answer {
+            FetchAnswer::Response { status, .. } => *status,
+            FetchAnswer::Failed => 0,
+        };
+        let outcome = vm.engine.on_introspection_answer(key, answer, now);
+        let hash = crate::token::hex(key.get(..6).unwrap_or_default());
+        match &outcome.settled {
+            Settled::Active(_) => log::debug!("smart-fhir-edge: token {hash}: introspection: active"),
+            Settled::Inactive(why) => {
+                log::info!("smart-fhir-edge: token {hash}: introspection: not active ({why})")
+            }
+            Settled::Failed(e) => log::warn!(
+                "smart-fhir-edge: token {hash}: introspection failed ({e:?}, HTTP {status}); refusing with 503"
+            ),
+        }
+        vm.metrics.on_introspection(&mut HostMetrics, outcome.outcome());
+        outcome
     }
 
     fn dispatch_revocation(vm: &mut Vm, r: &RefreshRequest) {
@@ -242,9 +302,118 @@ impl Root {
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue;
             }
-            Stream::decide_again(vm, &stream);
+            Stream::decide_again(vm, &stream, Attempt::AfterKeys);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+/// Takes the answer of the introspection callout `token_id` (delivered to the stream that sent
+/// it, as the SDK routes callouts) and resumes every request waiting for it. `current` is the
+/// context to make effective again afterwards. False when `token_id` is no introspection.
+pub fn on_introspection_response(
+    vm: &SharedVm,
+    token_id: u32,
+    num_headers: usize,
+    body_size: usize,
+    current: u32,
+) -> bool {
+    let outcome = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return false;
+        };
+        let Some(Callout::Introspection(key)) = v.callouts.get(&token_id).copied() else {
+            return false;
+        };
+        v.callouts.remove(&token_id);
+        let answer = fetch_answer(num_headers, body_size, MAX_ANSWER_BYTES);
+        Root::settle_introspection(&mut v, key, answer, host::now_ms())
+    };
+    wake_introspection_waiters(vm, &outcome, current);
+    true
+}
+
+/// The stream that sent the introspection of `key` ended before its answer (Envoy cancels a
+/// stream's callouts with it): the requests still waiting decide afresh on the next tick (from the
+/// root context, which then owns the new callout), and the first of them sends it again.
+pub fn abandon_introspection(vm: &SharedVm, key: TokenKey) {
+    let Ok(mut v) = vm.try_borrow_mut() else {
+        return;
+    };
+    v.engine.forget_introspection(&key);
+    v.callouts.retain(|_, c| *c != Callout::Introspection(key));
+    for w in v.introspection_waiters.iter_mut().filter(|w| w.key == key) {
+        w.retry = true;
+    }
+}
+
+/// Decides again for the requests waiting on `outcome`'s token.
+fn wake_introspection_waiters(vm: &SharedVm, outcome: &Introspected, current: u32) {
+    let ready: Vec<IntrospectionWaiter> = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return;
+        };
+        let pending = std::mem::take(&mut v.introspection_waiters);
+        let (ready, waiting) = pending
+            .into_iter()
+            .filter(|w| w.stream.strong_count() > 0)
+            .partition(|w| w.key == outcome.key);
+        v.introspection_waiters = waiting;
+        ready
+    };
+    resume_introspected(vm, ready, outcome, current);
+}
+
+/// Resumes waiting requests with an introspection outcome.
+fn resume_introspected(vm: &SharedVm, ready: Vec<IntrospectionWaiter>, outcome: &Introspected, current: u32) {
+    for w in ready {
+        let Some(stream) = w.stream.upgrade() else {
+            continue;
+        };
+        if hostcalls::set_effective_context(w.context_id).is_err() {
+            continue;
+        }
+        Stream::decide_again(vm, &stream, Attempt::AfterIntrospection(outcome));
+    }
+    let _ = hostcalls::set_effective_context(current);
+}
+
+/// Answers the requests whose introspection passed its deadline without an answer (the host
+/// normally answers a timed-out callout itself): they fail closed. Requests whose callout was
+/// cancelled decide afresh.
+fn expire_introspection_waiters(vm: &SharedVm, current: u32) {
+    let now = host::now_ms();
+    let expired: Vec<IntrospectionWaiter> = {
+        let Ok(mut v) = vm.try_borrow_mut() else {
+            return;
+        };
+        if v.introspection_waiters.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut v.introspection_waiters);
+        let (expired, waiting) = pending
+            .into_iter()
+            .filter(|w| w.stream.strong_count() > 0)
+            .partition(|w| w.retry || now >= w.deadline_ms);
+        v.introspection_waiters = waiting;
+        expired
+    };
+    for w in expired {
+        if w.retry {
+            let Some(stream) = w.stream.upgrade() else {
+                continue;
+            };
+            if hostcalls::set_effective_context(w.context_id).is_ok() {
+                Stream::decide_again(vm, &stream, Attempt::First);
+            }
+            let _ = hostcalls::set_effective_context(current);
+            continue;
+        }
+        let outcome = Introspected {
+            key: w.key,
+            settled: Settled::Failed(crate::introspection::AnswerError::Unreachable),
+        };
+        resume_introspected(vm, vec![w], &outcome, current);
     }
 }
 
@@ -305,6 +474,7 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         let Some(vm) = self.vm.clone() else { return };
+        let mut introspected = None;
         let callout = {
             let mut v = vm.borrow_mut();
             let Some(callout) = v.callouts.remove(&token_id) else {
@@ -312,6 +482,10 @@ impl Context for Root {
             };
             let now = host::now_ms();
             match callout {
+                Callout::Introspection(key) => {
+                    let answer = fetch_answer(num_headers, body_size, MAX_ANSWER_BYTES);
+                    introspected = Some(Root::settle_introspection(&mut v, key, answer, now));
+                }
                 Callout::Keys(provider) => {
                     let answer = fetch_answer(num_headers, body_size, MAX_DOCUMENT_BYTES);
                     let outcome = v
@@ -369,6 +543,9 @@ impl Context for Root {
         };
         if matches!(callout, Callout::Keys(_)) {
             self.wake_waiters(&vm);
+        }
+        if let Some(outcome) = &introspected {
+            wake_introspection_waiters(&vm, outcome, self.context_id);
         }
     }
 }
@@ -480,12 +657,27 @@ impl RootContext for Root {
                 ))
             );
         }
+        for (i, p) in c.providers.iter().enumerate() {
+            if let Some(intro) = &p.introspection {
+                log::info!(
+                    "smart-fhir-edge: provider {i}: introspection ({:?}) at `{}` through cluster `{}`, timeout {} ms; active answers trusted up to {} s (the revocation delay), inactive ones {} s, at most {} per VM",
+                    intro.mode,
+                    intro.endpoint.uri,
+                    intro.cluster,
+                    intro.timeout_ms,
+                    intro.max_cache_s,
+                    intro.negative_cache_s,
+                    intro.max_entries
+                );
+            }
+        }
         let mut metrics = Metrics::default();
         metrics.predefine(&mut HostMetrics, c.providers.len(), c.audit.audit_event.is_some());
         let audit_queue = c.audit.audit_event.as_ref().map(AuditQueue::new);
         self.vm = Some(Rc::new(RefCell::new(Vm {
             engine,
             waiters: Vec::new(),
+            introspection_waiters: Vec::new(),
             callouts: HashMap::new(),
             host_verifier,
             metrics,
@@ -525,6 +717,7 @@ impl RootContext for Root {
             Root::set_key_ages(&mut v, now);
         }
         self.wake_waiters(&vm);
+        expire_introspection_waiters(&vm, self.context_id);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -17,17 +17,8 @@
 use std::rc::Rc;
 
 use crate::config::{HttpUri, KeySource, Provider};
-
-/// Compare-and-swap failed: someone else wrote the value first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CasMismatch;
-
-/// The host's shared data (proxy-wasm `get_shared_data`/`set_shared_data`). A `cas` of `None`
-/// writes unconditionally; `Some(c)` writes only when the value's current `cas` is `c`.
-pub trait SharedStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
-}
+use crate::shared::{backoff_s, LeaseHolder, SharedFetch};
+pub use crate::shared::{CasMismatch, SharedStore};
 
 /// Largest JWKS or discovery document accepted (bytes).
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -116,7 +107,8 @@ struct ProviderKeys<K> {
     /// Another worker claimed an unknown-`kid` refetch after our keys were fetched: wait for its
     /// result (through shared data) until this time (s).
     awaiting_shared_until: Option<u64>,
-    prefix: String,
+    /// Its `keys`, `lease` and `kid` entries in shared data.
+    shared: SharedFetch,
 }
 
 /// The key sets of every provider, for one VM.
@@ -125,28 +117,6 @@ pub struct KeyManager<K> {
     parse: fn(&[u8]) -> Result<K, String>,
     /// Identifies this VM in leases.
     owner: String,
-}
-
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-fn parse_lease(v: &[u8]) -> Option<(String, u64)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (owner, until) = s.split_once(' ')?;
-    Some((owner.to_string(), until.parse().ok()?))
-}
-
-fn parse_entry(v: &[u8]) -> Option<(u64, &[u8])> {
-    let nl = v.iter().position(|b| *b == b'\n')?;
-    let (head, rest) = v.split_at(nl);
-    let fetched_at = std::str::from_utf8(head).ok()?.parse().ok()?;
-    Some((fetched_at, rest.get(1..)?))
 }
 
 impl<K> KeyManager<K> {
@@ -164,10 +134,7 @@ impl<K> KeyManager<K> {
                 KeySource::Remote(r) => r.uri.uri.clone(),
                 KeySource::Discovery(d) => d.uri.uri.clone(),
             };
-            let prefix = format!(
-                "smart_fhir_edge/jwks/{:016x}",
-                fnv1a(&format!("{}|{}", p.issuer, id))
-            );
+            let shared = SharedFetch::new("jwks", &format!("{}|{}", p.issuer, id));
             let mut pk = ProviderKeys {
                 plan: None,
                 keys: None,
@@ -178,7 +145,7 @@ impl<K> KeyManager<K> {
                 failures: 0,
                 refetch_due: false,
                 awaiting_shared_until: None,
-                prefix,
+                shared,
             };
             match &p.keys {
                 KeySource::Local(text) => {
@@ -292,7 +259,7 @@ impl<K> KeyManager<K> {
             return Refetch::Scheduled;
         }
         // The stamp is `<time> <cas of the key set its claimer had>`.
-        let key = format!("{}/kid", p.prefix);
+        let key = p.shared.key("kid");
         let (value, cas) = store.get(&key);
         let stamp = value
             .as_deref()
@@ -373,20 +340,15 @@ impl<K> KeyManager<K> {
                 continue;
             }
             // Take the shared lease: one fetch per Envoy, and nobody retries before the backoff ends.
-            let lease_key = format!("{}/lease", p.prefix);
-            let (lease, cas) = store.get(&lease_key);
-            if let Some((owner, until)) = lease.as_deref().and_then(parse_lease) {
-                if until > now_s && owner != self.owner {
-                    continue;
-                }
-                if until > now_s && owner == self.owner && !p.refetch_due {
-                    // Our own backoff.
-                    continue;
-                }
+            let (holder, cas) = p.shared.holder(store, &self.owner, now_s);
+            match holder {
+                LeaseHolder::Other => continue,
+                // Our own backoff, unless an unknown `kid` asks for the keys now.
+                LeaseHolder::Us if !p.refetch_due => continue,
+                LeaseHolder::Us | LeaseHolder::Free => {}
             }
             let timeout_s = plan.timeout_ms.div_ceil(1000) + 1;
-            let claim = format!("{} {}", self.owner, now_s + timeout_s * 2);
-            if store.set(&lease_key, claim.as_bytes(), cas).is_err() {
+            if !p.shared.claim(store, &self.owner, now_s + timeout_s * 2, cas) {
                 continue;
             }
             let p = match self.providers.get_mut(i) {
@@ -420,17 +382,17 @@ impl<K> KeyManager<K> {
         if p.plan.is_none() {
             return;
         }
-        let (value, cas) = store.get(&format!("{}/keys", p.prefix));
+        let (entry, cas) = p.shared.read(store, "keys");
         if cas.is_none() || cas == p.seen_cas {
             return;
         }
-        let Some((fetched_at, body)) = value.as_deref().and_then(parse_entry) else {
+        let Some((fetched_at, body)) = entry else {
             return;
         };
         if p.keys.is_some() && fetched_at < p.fetched_at {
             return;
         }
-        match parse(body) {
+        match parse(&body) {
             Ok(keys) => {
                 p.keys = Some(Rc::new(keys));
                 p.fetched_at = fetched_at;
@@ -446,20 +408,13 @@ impl<K> KeyManager<K> {
     }
 
     fn fail(&mut self, i: usize, now_s: u64, reason: &str, store: &mut dyn SharedStore) -> FetchOutcome {
-        let owner = self.owner.clone();
         let Some(p) = self.providers.get_mut(i) else {
             return FetchOutcome::Ignored;
         };
         p.in_flight = InFlight::None;
         p.failures = p.failures.saturating_add(1);
-        let retry_in_s = (1u64 << p.failures.min(9)).min(MAX_BACKOFF_S);
-        let lease_key = format!("{}/lease", p.prefix);
-        let (_, cas) = store.get(&lease_key);
-        let _ = store.set(
-            &lease_key,
-            format!("{owner} {}", now_s + retry_in_s).as_bytes(),
-            cas,
-        );
+        let retry_in_s = backoff_s(p.failures, MAX_BACKOFF_S);
+        p.shared.back_off(store, &self.owner, now_s + retry_in_s);
         FetchOutcome::Failed {
             reason: reason.to_string(),
             retry_in_s,
@@ -476,7 +431,6 @@ impl<K> KeyManager<K> {
     ) -> FetchOutcome {
         let now_s = now_ms / 1000;
         let parse = self.parse;
-        let owner = self.owner.clone();
         let Some(p) = self.providers.get_mut(provider) else {
             return FetchOutcome::Ignored;
         };
@@ -535,24 +489,12 @@ impl<K> KeyManager<K> {
             }
             InFlight::Jwks { .. } => match parse(&body) {
                 Ok(keys) => {
-                    let entry_key = format!("{}/keys", p.prefix);
-                    let mut entry = now_s.to_string().into_bytes();
-                    entry.push(b'\n');
-                    entry.extend_from_slice(&body);
-                    let (old, _) = store.get(&entry_key);
-                    let unchanged = old
-                        .as_deref()
-                        .and_then(parse_entry)
-                        .is_some_and(|(_, b)| b == body.as_slice());
-                    let _ = store.set(&entry_key, &entry, None);
-                    let (_, cas) = store.get(&entry_key);
+                    let (unchanged, cas) = p.shared.publish(store, "keys", now_s, &body);
                     p.seen_cas = cas;
                     p.fetched_at = now_s;
                     p.in_flight = InFlight::None;
                     p.failures = 0;
-                    let lease_key = format!("{}/lease", p.prefix);
-                    let (_, lcas) = store.get(&lease_key);
-                    let _ = store.set(&lease_key, format!("{owner} 0").as_bytes(), lcas);
+                    p.shared.release(store, &self.owner);
                     if unchanged && p.keys.is_some() {
                         FetchOutcome::Unchanged
                     } else {
@@ -586,34 +528,8 @@ impl<K> KeyManager<K> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use std::collections::HashMap;
 
-    /// Envoy's shared data: a CAS per value, bumped on every write; a write with a CAS to an
-    /// existing key must match it.
-    #[derive(Default)]
-    struct Store {
-        map: HashMap<String, (Vec<u8>, u32)>,
-        next: u32,
-    }
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.map.get(key) {
-                Some((v, c)) => (Some(v.clone()), Some(*c)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-            if let (Some((_, current)), Some(c)) = (self.map.get(key), cas) {
-                if *current != c {
-                    return Err(CasMismatch);
-                }
-            }
-            self.next += 1;
-            self.map.insert(key.to_string(), (value.to_vec(), self.next));
-            Ok(())
-        }
-    }
+    type Store = crate::shared::MemoryStore;
 
     /// A stand-in key set: the document's `keys` array length; empty or non-JSON is unusable.
     fn parse(b: &[u8]) -> Result<usize, String> {
