@@ -53,7 +53,10 @@ pub fn grant(scopes: &str, patient: Option<&str>) -> (VerifiedClaims, GrantedSco
 /// The grants the body targets try in turn: patient-level, granular, user-level, system-level.
 pub const GRANTS: [(&str, Option<&str>); 4] = [
     ("patient/*.cruds", Some("123")),
-    ("patient/Observation.rs?category=laboratory patient/Patient.r patient/Condition.cruds", Some("123")),
+    (
+        "patient/Observation.rs?category=laboratory patient/Patient.r patient/Condition.cruds",
+        Some("123"),
+    ),
     ("user/*.cruds", None),
     ("system/Observation.rs system/Patient.rs", None),
 ];

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(set) = KeySet::from_jwks(data) else { return };
     let _ = set.fingerprint();
     let _ = set.skipped().len();
-    let kids: Vec<String> = set.keys().iter().filter_map(|k| k.kid().map(str::to_string)).collect();
+    let kids: Vec<String> = set
+        .keys()
+        .iter()
+        .filter_map(|k| k.kid().map(str::to_string))
+        .collect();
     for alg in Algorithm::ALL {
         let _ = set.select(None, alg);
         let _ = set.select(Some("no-such-kid"), alg);

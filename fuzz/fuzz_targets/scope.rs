@@ -10,7 +10,9 @@ use smart_fhir_edge::scope::{Context, GrantedScopes, Permissions, Scope};
 const TYPES: [Option<&str>; 4] = [None, Some("Observation"), Some("Patient"), Some("NoSuchType")];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (scopes, query) = text.split_once('\n').unwrap_or((text, ""));
     let words: Vec<String> = scopes.split(' ').map(str::to_string).collect();
     for w in &words {
@@ -26,7 +28,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = granted.has_context(ctx);
         for t in TYPES {
             let p = granted.permissions(ctx, t);
-            let _ = (p.letters(), p.first(), p.covers(Permissions::ALL), p.lacking(Permissions::ALL));
+            let _ = (
+                p.letters(),
+                p.first(),
+                p.covers(Permissions::ALL),
+                p.lacking(Permissions::ALL),
+            );
             for s in granted.granular(ctx, t) {
                 if let Some(q) = &query {
                     let _ = s.is_met_by(q);

@@ -16,7 +16,9 @@ static FIXTURES: OnceLock<(Config, Vec<Option<KeySet>>)> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let (config, keys) = FIXTURES.get_or_init(|| (common::config(), vec![Some(common::key_set())]));
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     // As an Authorization header value.
     let _ = token::bearer_token(&[("authorization", text)], "", config.max_token_bytes);
     // As a query string (an `access_token` parameter is refused, RFC 6750 §2.3 is not supported).
