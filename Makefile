@@ -3,6 +3,9 @@
 #   make demo      Envoy with the filter in front of a FHIR server (installs what it needs)
 #   make test      every test: native unit tests, wasm-level tests, real-Envoy tests, config validation
 #   make bench     micro-benchmarks and the Envoy-level benchmark; writes target/bench/results.md
+#   make fuzz      every cargo-fuzz target for FUZZ_SECONDS (default 60) each
+#   make soak      SOAK_SECONDS (default 600) of fixed-rate mixed traffic through one Envoy
+#   make lint      rustfmt, and clippy denying unwrap/expect/panic/unchecked indexing in shipped code
 #
 # Everything the targets need is installed by the targets themselves (idempotently).
 
@@ -19,7 +22,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy rls-install test test-unit test-wasm test-envoy validate lint demo demo-stop demo-status demo-install bench clean-demo help
+.PHONY: all toolchain build envoy rls-install test test-unit test-wasm test-envoy validate lint fuzz fuzz-build soak demo demo-stop demo-status demo-install bench clean-demo help
 
 all: build
 
@@ -93,6 +96,60 @@ lint:
 	cargo clippy -p smart-fhir-edge --lib -- -D warnings \
 	  -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic -D clippy::indexing_slicing
 	cargo clippy --workspace --tests -- -D warnings
+
+# ---- fuzzing -----------------------------------------------------------------------------------
+# cargo-fuzz (libFuzzer) targets for the pure core, in fuzz/ (its own workspace, outside the main
+# build). cargo-fuzz passes nightly-only flags to rustc; the machine's stable toolchain accepts them
+# with RUSTC_BOOTSTRAP=1 (no other toolchain can be fetched here). Built with optimisations and
+# debug assertions (integer overflow is a crash); FUZZ_SANITIZER=address for AddressSanitizer.
+# Each target starts from its committed corpus (fuzz/corpus/<target>, crash reproducers included:
+# every run replays them) plus what earlier runs found (target/fuzz/corpus/<target>), and runs for
+# FUZZ_SECONDS; an input that panics, runs over 10 s or over 2 GiB stops the run and is written to
+# target/fuzz/artifacts/<target>/. A summary line per target: executions, coverage, corpus.
+FUZZ_TARGETS   := token jwks scope fhir_request request_body response_body
+FUZZ_SECONDS   ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_DIR       ?= $(ROOT)/target/fuzz
+FUZZ_BIN        = $(FUZZ_DIR)/$(shell rustc -vV | sed -n 's/^host: //p')/release
+CARGO_FUZZ_VERSION := 0.13.2
+
+fuzz-build:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O --debug-assertions \
+	  --sanitizer $(FUZZ_SANITIZER) --target-dir $(FUZZ_DIR)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/artifacts/$$t; \
+	  if ! $(FUZZ_BIN)/$$t $(FUZZ_DIR)/corpus/$$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	      -timeout=10 -rss_limit_mb=2048 -max_len=20000 -print_final_stats=1 \
+	      -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t/ >$(FUZZ_DIR)/$$t.log 2>&1; then \
+	    tail -n 40 $(FUZZ_DIR)/$$t.log; \
+	    echo "fuzz $$t: FAILED (reproducer in $(FUZZ_DIR)/artifacts/$$t/)"; exit 1; fi; \
+	  grep -E '^#[0-9]+[[:space:]]+DONE' $(FUZZ_DIR)/$$t.log | tail -n 1 | \
+	    awk -v t=$$t '{ for (i = 1; i <= NF; i++) v[$$i] = $$(i + 1); \
+	      printf "fuzz %-14s %12s runs  cov %6s  ft %6s  corpus %5s  %s exec/s\n", t, substr($$1, 2), v["cov:"], v["ft:"], v["corp:"], v["exec/s:"] }'; \
+	done
+
+# ---- soak --------------------------------------------------------------------------------------
+# SOAK_SECONDS (default 600) of mixed allowed and denied traffic at SOAK_RATE requests per second
+# through one Envoy (envoy/soak/soak.py): every answer checked against the expected decision, the
+# upstream checked for anything it should not have seen, the filter's VM memory and Envoy's VM
+# counters sampled every 30 s. Writes target/soak/results.md (and results.json); fails on any
+# wrong decision, VM restart or panic. Not part of `make test`.
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 200
+SOAK_DIR     := target/soak
+
+soak: build envoy
+	@mkdir -p $(SOAK_DIR)
+	$(MINT) tokens 1000 patient RS256 > $(SOAK_DIR)/patient-tokens.txt
+	$(MINT) tokens 200 user RS256 > $(SOAK_DIR)/user-tokens.txt
+	$(MINT) jwks > $(SOAK_DIR)/jwks.json
+	python3 envoy/soak/soak.py --envoy $(ENVOY) --wasm $(WASM) \
+	  --patient-tokens $(SOAK_DIR)/patient-tokens.txt --user-tokens $(SOAK_DIR)/user-tokens.txt \
+	  --jwks $(SOAK_DIR)/jwks.json --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
+	  --out $(SOAK_DIR)/results.md --json $(SOAK_DIR)/results.json
 
 # ---- benchmarks --------------------------------------------------------------------------------
 # Native micro-benchmarks (benches/core.rs), then one Envoy (--concurrency 1) with four listeners in

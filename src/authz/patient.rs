@@ -3,7 +3,8 @@
 //! * The token's patient (`VerifiedClaims::patient`) must be a FHIR id, else the request is refused
 //!   as patient context missing.
 //! * `Patient/{id}` read, vread, history, update, patch, delete and `Patient/{id}/$everything` must
-//!   name that patient; so must a compartment search `Patient/{id}/{type}`.
+//!   name that patient; so must a compartment search `Patient/{id}/{type}`, whose parameters may
+//!   not name another patient either (the rules of the type search below, without appending).
 //! * A search on a compartment type must carry one of the type's compartment parameters (plus
 //!   `patient` where R4 defines it as the subject-is-a-Patient parameter) whose every value is that
 //!   patient, as [`parse_reference`] reads it: `123`, `Patient/123`,
@@ -206,7 +207,13 @@ fn decide(
             ..
         } => {
             if compartment == "Patient" {
-                return same_patient(id, pid).map(|()| respond(None));
+                same_patient(id, pid)?;
+                // The path confines; a parameter naming another patient (or `:missing`) is still
+                // refused, as on the type search (not ANDed to nothing by the server's grace).
+                if let Some(t) = resource_type.as_deref().filter(|t| is_compartment_type(t)) {
+                    confine(t, &req.query, pid, Unconfined::Append)?;
+                }
+                return Ok(respond(None));
             }
             // A search in another compartment is the type search narrowed further: the same rules.
             match resource_type {

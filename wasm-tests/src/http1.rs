@@ -335,3 +335,32 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Writes a raw request in `pieces` on a fresh connection, pausing `pause` between them (so the
+/// peer receives them as separate reads), and reads the response. For requests no well-behaved
+/// client sends: chunked bodies in fragments, odd framing.
+pub fn send_raw(port: u16, pieces: &[&[u8]], pause: Duration) -> Response {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to Envoy");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for (i, p) in pieces.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        conn.write_all(p).expect("write a piece");
+        conn.flush().expect("flush");
+    }
+    let mut reader = BufReader::new(conn);
+    let (first, headers) = read_head(&mut reader).expect("a response head");
+    let status: u16 = first
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let body = read_body(&mut reader, &headers, true).unwrap_or_default();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}

@@ -344,3 +344,35 @@ pub fn assert_outcome(r: &Response, status: u16, code: &str) -> Value {
     assert_eq!(len, r.body.len(), "content-length matches the body");
     v
 }
+
+/// Envoy's count of Wasm VMs created so far (`wasm.envoy.wasm.runtime.v8.created`): a VM that
+/// crashed and was restarted adds one.
+pub fn vms_created(envoy: &Envoy) -> u64 {
+    envoy.stat("wasm.envoy.wasm.runtime.v8.created").unwrap_or(0)
+}
+
+/// No panic, critical line or failed Wasm call in Envoy's log, and no VM created since
+/// `created_before` (see [`vms_created`]).
+#[track_caller]
+pub fn assert_vm_intact(envoy: &Envoy, created_before: u64, after: &str) {
+    let log = envoy.log();
+    for bad in [
+        "panicked",
+        "[critical]",
+        "wasm vm failed",
+        "Function: proxy_on",
+        "Failed to load Wasm",
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(bad)).collect();
+        assert!(
+            lines.is_empty(),
+            "after {after}: Envoy logged {bad:?}:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert_eq!(
+        vms_created(envoy),
+        created_before,
+        "after {after}: no VM was restarted"
+    );
+}
