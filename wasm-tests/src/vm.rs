@@ -4,7 +4,7 @@
 //! trap handling and the "after VM call" actions Envoy defers (local replies, continues).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -76,6 +76,8 @@ pub(crate) struct VmState {
     pub fault: Option<String>,
     pub exit_code: Option<i32>,
     pub stop_iteration: bool,
+    /// Calls of each host function (import name) so far.
+    pub host_calls: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 impl VmState {
@@ -105,6 +107,7 @@ impl VmState {
             fault: None,
             exit_code: None,
             stop_iteration: false,
+            host_calls: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -133,6 +136,9 @@ impl VmState {
         *slot
     }
 }
+
+/// The fuel every store starts with (fuel is only counted, never exhausted).
+const FUEL: u64 = u64::MAX;
 
 /// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
 type OnHttpCallResponse = TypedFunc<(u32, u32, u32, u32, u32), ()>;
@@ -188,6 +194,10 @@ impl VmInner {
         state.config = config;
         let trap_policy = host.inner.state.borrow().options.trap_policy;
         let mut store = Store::new(&program.engine, state);
+        // Fuel only counts: a store never runs out (u64::MAX is far beyond any test).
+        store
+            .set_fuel(FUEL)
+            .map_err(|e| HarnessError::Module(format!("setting fuel: {e:#}")))?;
         let missing = imports::unknown_imports(&program.module);
         if !missing.is_empty() {
             return Err(HarnessError::MissingImports(missing));
@@ -529,6 +539,24 @@ impl Vm {
     /// The module's linear memory size in bytes (for memory-bound tests).
     pub fn memory_size_bytes(&self) -> usize {
         self.cell.borrow().memory_size()
+    }
+
+    /// Wasm fuel this VM consumed so far (since instantiation, start and configuration
+    /// included): wasmtime counts about one unit per executed WebAssembly instruction (`nop`,
+    /// `drop`, blocks and branches excepted). Deterministic: the same calls consume the same fuel.
+    /// Diff two readings to measure a piece of work.
+    pub fn fuel_consumed(&self) -> u64 {
+        let inner = self.cell.borrow();
+        FUEL - inner.store.get_fuel().unwrap_or(FUEL)
+    }
+
+    /// How many times this VM's module called each host function so far (by import name:
+    /// `proxy_*` and WASI functions, whatever the import module), since instantiation. Diff two
+    /// readings to measure a piece of work.
+    pub fn host_calls(&self) -> BTreeMap<String, u64> {
+        let inner = self.cell.borrow();
+        let calls = inner.store.data().host_calls.borrow();
+        calls.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
     }
 
     /// Whether the VM trapped and is failed (only under [`TrapPolicy::Envoy`]).
