@@ -7,8 +7,11 @@
 //!
 //! ```text
 //! SMART_FHIR_EDGE_WASM=target/wasm32-wasip1/release/smart_fhir_edge.wasm \
-//!     cargo run -q -p wasm-tests --example request_cost [-- <requests per kind>]
+//!     cargo run -q -p wasm-tests --example request_cost [-- <requests per kind>] [--trace]
 //! ```
+//!
+//! `--trace` adds, for one more request of each kind, the fuel spent between consecutive host
+//! calls (where the module's work lies).
 //!
 //! The module is configured like listener C of `envoy/bench/envoy.yaml` (inline JWKS with the test
 //! keys `rsa-a` and `ec-p256` of `smart_fhir_edge::token::test_support`), and every request goes
@@ -226,7 +229,9 @@ fn thousands(n: u64) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = match std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let trace = args.iter().any(|a| a == "--trace");
+    let n: usize = match args.iter().find(|a| !a.starts_with("--")) {
         Some(a) => a.parse()?,
         None => 20,
     };
@@ -295,7 +300,10 @@ fn main() -> anyhow::Result<()> {
     }
     rows.push((null_kind.name, measure(&null_vm, &null_kind, n)));
 
-    println!("## Per-request cost in the host emulator (module {})\n", host.module_origin());
+    println!(
+        "## Per-request cost in the host emulator (module {})\n",
+        host.module_origin()
+    );
     println!(
         "Mean of {n} requests per kind, deterministic. Fuel ≈ executed Wasm instructions; host calls \
          by import name. Phases: request = context create + request headers; response = response \
@@ -333,6 +341,22 @@ fn main() -> anyhow::Result<()> {
             top(&phases[1].calls, 99),
             top(&phases[2].calls, 99)
         );
+    }
+    if trace {
+        println!("\n### Fuel between host calls, one more request of each kind\n");
+        println!("Each event with the fuel the module spent since the previous one (`>`/`<`: a callback starts/returns).\n");
+        for kind in &kinds {
+            vm.start_fuel_trace();
+            let i = kind.warm_up + n;
+            let t = (kind.token)(i);
+            one_request(&vm, kind.path, t.as_deref(), kind.status, i);
+            let events: Vec<String> = vm
+                .take_fuel_trace()
+                .into_iter()
+                .map(|(event, fuel)| format!("{event} {fuel}"))
+                .collect();
+            println!("* {}: {}", kind.name, events.join(" · "));
+        }
     }
     Ok(())
 }

@@ -45,8 +45,15 @@ const ENVOY_FOREIGN_NOT_EMULATED: &[&str] = &[
 ];
 
 /// Counts one call of the host function `name` on this VM (`Vm::host_calls`).
+/// With a fuel trace on, also records the fuel the module spent since the previous event.
 fn count(c: &C, name: &'static str) {
-    *c.data().host_calls.borrow_mut().entry(name).or_insert(0) += 1;
+    let d = c.data();
+    *d.host_calls.borrow_mut().entry(name).or_insert(0) += 1;
+    if let Some(trace) = d.fuel_trace.borrow_mut().as_mut() {
+        let fuel = c.get_fuel().unwrap_or(0);
+        trace.push((name.to_string(), d.trace_fuel.get().saturating_sub(fuel)));
+        d.trace_fuel.set(fuel);
+    }
 }
 
 fn read(c: &C, ptr: u32, len: u32) -> Option<Vec<u8>> {

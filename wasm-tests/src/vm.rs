@@ -78,6 +78,10 @@ pub(crate) struct VmState {
     pub stop_iteration: bool,
     /// Calls of each host function (import name) so far.
     pub host_calls: RefCell<BTreeMap<&'static str, u64>>,
+    /// When on: (event, fuel spent since the previous event), see `Vm::start_fuel_trace`.
+    pub fuel_trace: RefCell<Option<Vec<(String, u64)>>>,
+    /// Remaining fuel at the previous trace event.
+    pub trace_fuel: std::cell::Cell<u64>,
 }
 
 impl VmState {
@@ -108,6 +112,8 @@ impl VmState {
             exit_code: None,
             stop_iteration: false,
             host_calls: RefCell::new(BTreeMap::new()),
+            fuel_trace: RefCell::new(None),
+            trace_fuel: std::cell::Cell::new(0),
         }
     }
 
@@ -259,6 +265,16 @@ impl VmInner {
         })
     }
 
+    /// With a fuel trace on, records `event` and the fuel spent since the previous event.
+    fn trace_event(&mut self, event: impl FnOnce() -> String) {
+        let fuel = self.store.get_fuel().unwrap_or(0);
+        let d = self.store.data();
+        if let Some(trace) = d.fuel_trace.borrow_mut().as_mut() {
+            trace.push((event(), d.trace_fuel.get().saturating_sub(fuel)));
+            d.trace_fuel.set(fuel);
+        }
+    }
+
     pub(crate) fn failed(&self) -> bool {
         self.store.data().failed
     }
@@ -280,7 +296,9 @@ impl VmInner {
             d.effective_context = None;
             d.stop_iteration = false;
         }
+        self.trace_event(|| format!("> {what}"));
         let result = f(&mut self.store);
+        self.trace_event(|| format!("< {what}"));
         let (fault, exit) = {
             let d = self.store.data_mut();
             d.effective_context = None;
@@ -557,6 +575,25 @@ impl Vm {
         let inner = self.cell.borrow();
         let calls = inner.store.data().host_calls.borrow();
         calls.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+    }
+
+    /// Starts (or restarts) a fuel trace: from now on every top-level call into the module
+    /// (`> proxy_on_...`), its return (`< proxy_on_...`) and every host call (by import name) is
+    /// recorded with the fuel the module spent since the previous event — where the module's work
+    /// lies between host calls. [`Vm::take_fuel_trace`] returns it and stops tracing.
+    pub fn start_fuel_trace(&self) {
+        let inner = self.cell.borrow();
+        let fuel = inner.store.get_fuel().unwrap_or(0);
+        let d = inner.store.data();
+        d.trace_fuel.set(fuel);
+        *d.fuel_trace.borrow_mut() = Some(Vec::new());
+    }
+
+    /// The fuel trace since [`Vm::start_fuel_trace`] (empty if none was started); stops tracing.
+    pub fn take_fuel_trace(&self) -> Vec<(String, u64)> {
+        let inner = self.cell.borrow();
+        let trace = inner.store.data().fuel_trace.borrow_mut().take();
+        trace.unwrap_or_default()
     }
 
     /// Whether the VM trapped and is failed (only under [`TrapPolicy::Envoy`]).
