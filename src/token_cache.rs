@@ -2,15 +2,18 @@
 //! expires or the keys change.
 //!
 //! Keyed by the token itself (as Envoy's own `jwt_authn` cache is): a hit needs the exact bytes of
-//! a token that verified, so no collision can stand in for verification, and a lookup costs one
-//! SipHash pass with the standard library's random keys (no hash flooding) instead of a SHA-256 of
-//! the token, which was most of the per-request time. An entry holds the verified claims, the
+//! a token that verified, so no collision can stand in for verification, and a lookup costs a
+//! SipHash with the standard library's random keys (no hash flooding) of the token's length and last
+//! [`HASHED_TAIL_BYTES`] bytes only (a JWS ends with its signature, which no client chooses), plus
+//! one comparison, instead of a SHA-256 of the token, which was most of the per-request time. An entry holds the verified claims, the
 //! compiled scopes and the token's fingerprint for logs. Bounded in entries and in bytes, tokens
 //! included (oldest first out), each entry expires at the token's `exp` (never later), and the
 //! whole cache is dropped when any provider's key set changes, so a key removed from a JWKS stops
 //! verifying at once.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
 use crate::claims::VerifiedClaims;
@@ -35,6 +38,40 @@ pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// The token, shared by the map and the eviction order.
 type Key = Rc<str>;
 
+/// How many of a token's last bytes its hash reads (with its length): the signature's, in a JWS.
+pub const HASHED_TAIL_BYTES: usize = 32;
+
+/// Keyed SipHash (the standard library's, random keys) of the length and the last
+/// [`HASHED_TAIL_BYTES`] bytes of each write: a token is found without hashing all of it (equality
+/// still compares every byte).
+#[derive(Clone, Default)]
+struct TailHash(RandomState);
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+/// The hasher of [`TailHash`].
+struct TailHasher(std::collections::hash_map::DefaultHasher);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes
+            .get(bytes.len().saturating_sub(HASHED_TAIL_BYTES)..)
+            .unwrap_or(bytes);
+        self.0.write_usize(bytes.len());
+        self.0.write(tail);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
 struct Entry {
     value: Rc<CachedToken>,
     expires_at: u64,
@@ -51,7 +88,7 @@ pub struct CacheStats {
 
 /// The cache.
 pub struct TokenCache {
-    map: HashMap<Key, Entry>,
+    map: HashMap<Key, Entry, TailHash>,
     order: VecDeque<Key>,
     /// Approximate bytes of the entries in `map`.
     bytes: usize,
@@ -90,7 +127,7 @@ fn size_of(token: &str, value: &CachedToken) -> usize {
 impl TokenCache {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         TokenCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             stale_bytes: 0,
@@ -325,5 +362,23 @@ mod tests {
             assert!(c.get(other, 150, 1).is_none(), "{other}");
         }
         assert!(c.get("header.payload.signature", 150, 1).is_some());
+    }
+
+    #[test]
+    fn tokens_with_the_same_hashed_tail_and_length_are_told_apart() {
+        let tail = "s".repeat(HASHED_TAIL_BYTES);
+        let (a, b, c3) = (
+            format!("aaaa.{tail}"),
+            format!("bbbb.{tail}"),
+            format!("cccc.{tail}"),
+        );
+        let mut c = TokenCache::default();
+        c.insert(&a, entry(200, "p-a"), 100, 1);
+        c.insert(&b, entry(200, "p-b"), 100, 1);
+        let patient = |t: &str, c: &mut TokenCache| c.get(t, 150, 1).and_then(|e| e.claims.patient.clone());
+        assert_eq!(patient(&a, &mut c).as_deref(), Some("p-a"));
+        assert_eq!(patient(&b, &mut c).as_deref(), Some("p-b"));
+        assert_eq!(patient(&c3, &mut c), None, "same hash, not a cached token");
+        assert_eq!(c.len(), 2);
     }
 }
