@@ -280,25 +280,34 @@ fn main() -> anyhow::Result<()> {
     // Warm the VM (first-request allocations) with a request of its own.
     one_request(&vm, "/fhir/Patient/123", None, 401, 999_999);
 
-    let null_text = std::fs::read_to_string(workspace_root().join("envoy/bench/null-filter.wat"))?;
-    let null_host = Host::builder()
-        .wat(&null_text)
-        .allow_on_headers_stop_iteration(true)
-        .build()?;
-    let null_vm = null_host.vm_with_config("")?;
-    let null_kind = Kind {
-        name: "null filter (envoy/bench/null-filter.wat), GET /fhir/Patient/123",
-        path: "/fhir/Patient/123",
-        token: Box::new(|_| Some("Bearer x".to_string())),
-        status: 200,
-        warm_up: 1,
-    };
-
     let mut rows = Vec::new();
     for kind in &kinds {
-        rows.push((kind.name, measure(&vm, kind, n)));
+        rows.push((kind.name.to_string(), measure(&vm, kind, n)));
     }
-    rows.push((null_kind.name, measure(&null_vm, &null_kind, n)));
+    // The floor (a module that does nothing), and the host calls of the filter's cache hit without
+    // its computation (envoy/bench/host-calls.wat).
+    for (name, file) in [
+        ("null filter", "envoy/bench/null-filter.wat"),
+        ("host calls of a cache hit only", "envoy/bench/host-calls.wat"),
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(file))?;
+        let wat_host = Host::builder()
+            .wat(&text)
+            .allow_on_headers_stop_iteration(true)
+            .build()?;
+        let wat_vm = wat_host.vm_with_config("")?;
+        let kind = Kind {
+            name: "",
+            path: "/fhir/Patient/123",
+            token: Box::new(|_| Some("Bearer x".to_string())),
+            status: 200,
+            warm_up: 1,
+        };
+        rows.push((
+            format!("{name} ({file}), GET /fhir/Patient/123"),
+            measure(&wat_vm, &kind, n),
+        ));
+    }
 
     println!(
         "## Per-request cost in the host emulator (module {})\n",
