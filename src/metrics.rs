@@ -17,6 +17,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::audit::AuditRecord;
 use crate::jwks::VerifyingKey;
@@ -131,6 +132,33 @@ pub fn tagged(base: &str, tags: &[(&str, &str)]) -> String {
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, Option<u32>>,
+    /// Counter ids by the static parts of their names (base and tag values): the counters of every
+    /// request are found without formatting and hashing their full names.
+    by_parts: HashMap<NameParts, Option<u32>, BuildHasherDefault<PartsHasher>>,
+}
+
+/// A counter name's static parts: its base and up to two tag values (`""` when absent).
+type NameParts = (&'static str, &'static str, &'static str);
+
+/// A cheap multiply-rotate hash, eight bytes at a time, for [`NameParts`]: they are this crate's own
+/// constants (no input from requests), so no flooding-resistant hash is needed.
+#[derive(Default)]
+struct PartsHasher(u64);
+
+impl Hasher for PartsHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            for (d, b) in word.iter_mut().zip(chunk) {
+                *d = *b;
+            }
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Metrics {
@@ -153,6 +181,30 @@ impl Metrics {
         }
     }
 
+    /// Adds `delta` to the counter `name()`, known by its static `parts` after the first time.
+    fn count_parts(
+        &mut self,
+        host: &mut dyn MetricHost,
+        parts: NameParts,
+        name: impl FnOnce() -> String,
+        delta: u64,
+    ) {
+        if delta == 0 {
+            return;
+        }
+        let id = match self.by_parts.get(&parts) {
+            Some(id) => *id,
+            None => {
+                let id = self.id(host, MetricKind::Counter, name());
+                self.by_parts.insert(parts, id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            host.increment(id, delta);
+        }
+    }
+
     /// Sets a gauge.
     pub fn gauge(&mut self, host: &mut dyn MetricHost, name: String, value: u64) {
         if let Some(id) = self.id(host, MetricKind::Gauge, name) {
@@ -169,20 +221,23 @@ impl Metrics {
 
     /// Counts a decided request: by decision and reason, by interaction, and the cache lookup.
     pub fn on_decision(&mut self, host: &mut dyn MetricHost, record: &AuditRecord) {
-        let requests = tagged(
-            REQUESTS,
-            &[("decision", record.decision.as_str()), ("reason", record.reason)],
-        );
-        self.count(host, requests, 1);
+        let (decision, reason) = (record.decision.as_str(), record.reason);
+        let requests = || tagged(REQUESTS, &[("decision", decision), ("reason", reason)]);
+        self.count_parts(host, (REQUESTS, decision, reason), requests, 1);
         let kind = record.interaction.unwrap_or("none");
-        self.count(host, tagged(INTERACTIONS, &[("interaction", kind)]), 1);
-        match record.token_cache_hit {
-            Some(true) => self.count(host, TOKEN_CACHE_HITS.to_string(), 1),
-            Some(false) => self.count(host, TOKEN_CACHE_MISSES.to_string(), 1),
-            None => {}
+        let interactions = || tagged(INTERACTIONS, &[("interaction", kind)]);
+        self.count_parts(host, (INTERACTIONS, kind, ""), interactions, 1);
+        let cache = match record.token_cache_hit {
+            Some(true) => Some(TOKEN_CACHE_HITS),
+            Some(false) => Some(TOKEN_CACHE_MISSES),
+            None => None,
+        };
+        if let Some(name) = cache {
+            self.count_parts(host, (name, "", ""), || name.to_string(), 1);
         }
         if let Some(source) = record.token_source {
-            self.count(host, tagged(TOKEN_CHECKS, &[("token_source", source)]), 1);
+            let checks = || tagged(TOKEN_CHECKS, &[("token_source", source)]);
+            self.count_parts(host, (TOKEN_CHECKS, source, ""), checks, 1);
         }
     }
 
@@ -192,8 +247,9 @@ impl Metrics {
     }
 
     /// Counts a checked response by outcome (`passed`, `filtered`, `refused`).
-    pub fn on_response_check(&mut self, host: &mut dyn MetricHost, outcome: &str) {
-        self.count(host, tagged(RESPONSE_CHECKS, &[("outcome", outcome)]), 1);
+    pub fn on_response_check(&mut self, host: &mut dyn MetricHost, outcome: &'static str) {
+        let name = || tagged(RESPONSE_CHECKS, &[("outcome", outcome)]);
+        self.count_parts(host, (RESPONSE_CHECKS, outcome, ""), name, 1);
     }
 
     /// Counts a key-set fetch outcome (`updated`, `unchanged`, `discovered`, `failed`).

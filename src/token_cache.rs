@@ -2,15 +2,19 @@
 //! expires or the keys change.
 //!
 //! Keyed by the token itself (as Envoy's own `jwt_authn` cache is): a hit needs the exact bytes of
-//! a token that verified, so no collision can stand in for verification, and a lookup costs one
-//! SipHash pass with the standard library's random keys (no hash flooding) instead of a SHA-256 of
-//! the token, which was most of the per-request time. An entry holds the verified claims, the
-//! compiled scopes and the token's fingerprint for logs. Bounded in entries and in bytes, tokens
+//! a token that verified, so no collision can stand in for verification. A lookup costs a SipHash
+//! with the standard library's random keys (no hash flooding) of the token's length and last
+//! [`HASHED_TAIL_BYTES`] bytes only (a JWS ends with its signature, which no client chooses), and
+//! one comparison of the whole token 8 bytes at a time (the token is kept packed in words: Wasm
+//! compares byte strings a byte at a time), instead of a SHA-256 of the token, which was most of the
+//! per-request time. An entry holds the verified claims, the compiled scopes and the token's
+//! fingerprint for logs. Bounded in entries and in bytes, tokens
 //! included (oldest first out), each entry expires at the token's `exp` (never later), and the
 //! whole cache is dropped when any provider's key set changes, so a key removed from a JWKS stops
 //! verifying at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use crate::claims::VerifiedClaims;
@@ -32,8 +36,56 @@ pub const DEFAULT_MAX_ENTRIES: usize = 4096;
 /// Default bound on the approximate bytes held.
 pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
-/// The token, shared by the map and the eviction order.
-type Key = Rc<str>;
+/// The token, shared by the map and the eviction order: its byte length, then its bytes in
+/// little-endian words (the last one zero-padded).
+type Key = Rc<[Word]>;
+
+/// How many of a token's last bytes its hash reads (with its length): the signature's, in a JWS.
+pub const HASHED_TAIL_BYTES: usize = 32;
+
+/// Eight bytes of a packed token. Compared as a number (a slice of them compares word by word); a
+/// slice of them hashes its length and its last [`HASHED_TAIL_BYTES`] bytes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Hash for Word {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+
+    fn hash_slice<H: Hasher>(data: &[Self], state: &mut H) {
+        let tail = data.len().saturating_sub(HASHED_TAIL_BYTES / 8);
+        for w in data.iter().skip(tail) {
+            state.write_u64(w.0);
+        }
+    }
+}
+
+/// `token` as a key: its length, then its bytes eight at a time.
+fn pack(token: &str) -> Vec<Word> {
+    let bytes = token.as_bytes();
+    let mut words = Vec::with_capacity(bytes.len() / 8 + 2);
+    words.push(Word(bytes.len() as u64));
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        words.push(Word(u64::from_le_bytes(chunk.try_into().unwrap_or_default())));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        for (d, b) in last.iter_mut().zip(rest) {
+            *d = *b;
+        }
+        words.push(Word(u64::from_le_bytes(last)));
+    }
+    words
+}
+
+/// The byte length of the token packed in `key`.
+fn token_len(key: &[Word]) -> usize {
+    key.first()
+        .map_or(0, |w| usize::try_from(w.0).unwrap_or(usize::MAX))
+}
 
 struct Entry {
     value: Rc<CachedToken>,
@@ -138,10 +190,11 @@ impl TokenCache {
     /// `generation`.
     pub fn get(&mut self, token: &str, now_s: u64, generation: u64) -> Option<Rc<CachedToken>> {
         self.sync_generation(generation);
-        let hit = match self.map.get(token) {
+        let key = pack(token);
+        let hit = match self.map.get(key.as_slice()) {
             Some(e) if now_s < e.expires_at => Some(e.value.clone()),
             Some(_) => {
-                if let Some(e) = self.map.remove(token) {
+                if let Some(e) = self.map.remove(key.as_slice()) {
                     self.bytes = self.bytes.saturating_sub(e.bytes);
                     // Its key stays in `order` (and holds the token) until evicted or compacted.
                     self.stale_bytes += token.len();
@@ -168,7 +221,7 @@ impl TokenCache {
         if bytes > self.max_bytes {
             return;
         }
-        let key: Key = Rc::from(token);
+        let key: Key = Rc::from(pack(token));
         if let Some(old) = self.map.insert(
             key.clone(),
             Entry {
@@ -186,19 +239,19 @@ impl TokenCache {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            match self.map.remove(&oldest) {
+            match self.map.remove(&*oldest) {
                 Some(e) => {
                     self.bytes = self.bytes.saturating_sub(e.bytes);
                     self.count(|s| s.evictions += 1);
                 }
                 // Not in the map: the key of an entry that expired on lookup.
-                None => self.stale_bytes = self.stale_bytes.saturating_sub(oldest.len()),
+                None => self.stale_bytes = self.stale_bytes.saturating_sub(token_len(&oldest)),
             }
         }
         // Keys of entries removed on expiry linger in `order`; bound their number too.
         if self.order.len() > self.max_entries * 2 {
             let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
+            self.order.retain(|k| map.contains_key(&**k));
             self.stale_bytes = 0;
         }
     }
@@ -320,10 +373,30 @@ mod tests {
             "header.payload.signatur",
             "header.payload.signaturE",
             "Header.payload.signature",
+            "header.payload.signature\u{0}",
+            "header.payload.signature\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}",
             "",
         ] {
             assert!(c.get(other, 150, 1).is_none(), "{other}");
         }
         assert!(c.get("header.payload.signature", 150, 1).is_some());
+    }
+
+    #[test]
+    fn tokens_with_the_same_hashed_tail_and_length_are_told_apart() {
+        let tail = "s".repeat(HASHED_TAIL_BYTES);
+        let (a, b, c3) = (
+            format!("aaaa.{tail}"),
+            format!("bbbb.{tail}"),
+            format!("cccc.{tail}"),
+        );
+        let mut c = TokenCache::default();
+        c.insert(&a, entry(200, "p-a"), 100, 1);
+        c.insert(&b, entry(200, "p-b"), 100, 1);
+        let patient = |t: &str, c: &mut TokenCache| c.get(t, 150, 1).and_then(|e| e.claims.patient.clone());
+        assert_eq!(patient(&a, &mut c).as_deref(), Some("p-a"));
+        assert_eq!(patient(&b, &mut c).as_deref(), Some("p-b"));
+        assert_eq!(patient(&c3, &mut c), None, "same hash, not a cached token");
+        assert_eq!(c.len(), 2);
     }
 }

@@ -86,22 +86,24 @@ def with_second_module(yaml, wasm):
     return yaml[:end] + block + yaml[end:]
 
 
-def with_null_filter(yaml, null_wasm):
-    """Adds listener `null_wasm` (W): listener C with a Wasm module that does nothing instead of this
-    filter (envoy/bench/null-filter.wat), so W - A is the cost of Envoy's Wasm machinery itself."""
+def with_null_filter(yaml, null_wasm, name="null_wasm"):
+    """Adds listener `name` (W): listener C with a Wasm module that does nothing instead of this
+    filter (envoy/bench/null-filter.wat), so W - A is the cost of Envoy's Wasm machinery itself.
+    Also used for listener H (`host_calls_wasm`, envoy/bench/host-calls.wat), which makes only the
+    host calls of C's cache hit: H - W is Envoy's side of those calls, C - H the filter's own work."""
     start = yaml.index("  - name: smart_fhir_edge\n")
     end = yaml.index("  clusters:\n")
     block = yaml[start:end]
-    block = block.replace("  - name: smart_fhir_edge\n", "  - name: null_wasm\n", 1)
-    block = block.replace("stat_prefix: smart_fhir_edge", "stat_prefix: null_wasm")
-    block = block.replace("vm_id: smart_fhir_edge", "vm_id: null_wasm")
+    block = block.replace("  - name: smart_fhir_edge\n", f"  - name: {name}\n", 1)
+    block = block.replace("stat_prefix: smart_fhir_edge", f"stat_prefix: {name}")
+    block = block.replace("vm_id: smart_fhir_edge", f"vm_id: {name}")
     block = re.sub(r"value: '.*'", "value: ''", block, count=1)
     block = block.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(null_wasm)}")
     return yaml[:end] + block + yaml[end:]
 
 
 class Envoy:
-    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None):
+    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None, host_calls_wasm=None):
         self.workdir = workdir
         with open(os.path.join(HERE, "envoy.yaml")) as f:
             yaml = f.read()
@@ -111,6 +113,8 @@ class Envoy:
             yaml = with_second_module(yaml, second_wasm)
         if null_wasm:
             yaml = with_null_filter(yaml, null_wasm)
+        if host_calls_wasm:
+            yaml = with_null_filter(yaml, host_calls_wasm, "host_calls_wasm")
         yaml = yaml.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(wasm)}")
         config = os.path.join(workdir, "envoy.yaml")
         with open(config, "w") as f:
@@ -228,7 +232,7 @@ def sanity(envoy, token, skip=()):
         port = envoy.ports[name]
         ok, _ = http_get(port, PATH, {"Authorization": f"Bearer {token}"})
         none, _ = http_get(port, PATH)
-        want_none = 200 if label in ("A", "W") else 401
+        want_none = 200 if label in ("A", "W", "H") else 401
         if ok != 200 or none != want_none:
             raise RuntimeError(f"{name}: with token {ok} (want 200), without {none} (want {want_none})\n"
                                + envoy.read_log())
@@ -276,11 +280,15 @@ def main():
                     "(same policy, own VM) next to C: for before/after comparisons")
     ap.add_argument("--unchecked-compare", action="store_true",
                     help="do not require C0 to refuse requests without a token (experimental builds)")
-    ap.add_argument("--listeners", help="comma-separated subset of A,B,B',C,C0 to measure (all by default)")
+    ap.add_argument("--listeners", help="comma-separated subset of A,W,H,B,B',C,C0 to measure (all by default)")
     ap.add_argument("--workloads", default="same,distinct,fresh", help="comma-separated subset")
     ap.add_argument("--null-wasm", help="a Wasm module that does nothing (null-filter.wat compiled), "
                     "measured as listener W: the floor of any Wasm filter")
+    ap.add_argument("--host-calls-wasm", help="a Wasm module making only the host calls of C's cache hit "
+                    "(host-calls.wat compiled), measured as listener H next to W and C")
     args = ap.parse_args()
+    if args.host_calls_wasm:
+        LISTENERS.insert(1, ("H", "host_calls_wasm", "Wasm filter making only C's host calls"))
     if args.null_wasm:
         LISTENERS.insert(1, ("W", "null_wasm", "Wasm filter doing nothing"))
     if args.compare_wasm:
@@ -306,11 +314,11 @@ def main():
     wasm_size = os.path.getsize(args.wasm)
     log(f"bench: Envoy {version}; {nproc} CPUs ({model}); load {load_before}; module {wasm_size} bytes")
 
-    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm, args.null_wasm)
+    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm, args.null_wasm, args.host_calls_wasm)
     results = {}  # (workload, label) -> list of runs
     memory = {}
     try:
-        sanity(envoy, tokens[0], skip=tuple(l for l, _, _ in LISTENERS if l not in ("A", "W", "B", "B'", "C")) if args.unchecked_compare else ())
+        sanity(envoy, tokens[0], skip=tuple(l for l, _, _ in LISTENERS if l not in ("A", "W", "H", "B", "B'", "C")) if args.unchecked_compare else ())
         url = lambda name: f"http://127.0.0.1:{envoy.ports[name]}{PATH}"
         workloads = [("same", "same token on every request"),
                      ("distinct", f"{args.distinct:,} distinct tokens in rotation (RS256)")]
@@ -391,7 +399,7 @@ def main():
             xs, ys = results.get((workload, x), []), results.get((workload, y), [])
             return statistics.median(a[key] / b[key] for a, b in zip(xs, ys))
         labels = [l for l, _, _ in measured]
-        pairs = [(x, y) for x, y in [("W", "A"), ("B", "A"), ("C", "A"), ("C", "W"), ("C", "B"),
+        pairs = [(x, y) for x, y in [("W", "A"), ("H", "W"), ("B", "A"), ("C", "A"), ("C", "W"), ("C", "H"), ("C", "B"),
                                         ("C", "B'"), ("C", "C0")]
                  if x in labels and y in labels]
         lines.append("")

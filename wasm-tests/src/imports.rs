@@ -44,6 +44,18 @@ const ENVOY_FOREIGN_NOT_EMULATED: &[&str] = &[
     "declare_property",
 ];
 
+/// Counts one call of the host function `name` on this VM (`Vm::host_calls`).
+/// With a fuel trace on, also records the fuel the module spent since the previous event.
+fn count(c: &C, name: &'static str) {
+    let d = c.data();
+    *d.host_calls.borrow_mut().entry(name).or_insert(0) += 1;
+    if let Some(trace) = d.fuel_trace.borrow_mut().as_mut() {
+        let fuel = c.get_fuel().unwrap_or(0);
+        trace.push((name.to_string(), d.trace_fuel.get().saturating_sub(fuel)));
+        d.trace_fuel.set(fuel);
+    }
+}
+
 fn read(c: &C, ptr: u32, len: u32) -> Option<Vec<u8>> {
     let mem = c.data().memory?;
     let start = ptr as usize;
@@ -409,6 +421,7 @@ pub(crate) fn defined_names(
 #[allow(clippy::too_many_lines)]
 fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap("env", "proxy_log", |c: C, level: u32, ptr: u32, size: u32| -> R {
+        count(&c, "proxy_log");
         let Some(level) = LogLevel::from_code(level) else {
             return Ok(BAD_ARGUMENT);
         };
@@ -419,6 +432,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         Ok(OK)
     })?;
     l.func_wrap("env", "proxy_get_log_level", |mut c: C, ptr: u32| -> R {
+        count(&c, "proxy_get_log_level");
         let level = c.data().host.borrow().options.log_level as u32;
         Ok(if write_u32(&mut c, ptr, level) {
             OK
@@ -430,6 +444,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: C, ptr: u32| -> R {
+            count(&c, "proxy_get_current_time_nanoseconds");
             let now = c.data().host.borrow().now_ns;
             Ok(if write_u64(&mut c, ptr, now) {
                 OK
@@ -442,6 +457,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_tick_period_milliseconds",
         |mut c: C, period: u32| -> R {
+            count(&c, "proxy_set_tick_period_milliseconds");
             let d = c.data_mut();
             let now = d.host.borrow().now_ns;
             d.tick_period_ms = period;
@@ -459,6 +475,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C, t: u32, start: u32, length: u32, ptr_ptr: u32, size_ptr: u32| -> R {
+            count(&c, "proxy_get_buffer_bytes");
             let Some(t) = BufferType::from_code(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -482,6 +499,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut c: C, t: u32, len_ptr: u32, flags_ptr: u32| -> R {
+            count(&c, "proxy_get_buffer_status");
             let Some(t) = BufferType::from_code(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -503,6 +521,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: C, t: u32, start: u32, length: u32, data_ptr: u32, data_size: u32| -> R {
+            count(&c, "proxy_set_buffer_bytes");
             let Some(t) = BufferType::from_code(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -531,6 +550,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: C, t: u32, ptr_ptr: u32, size_ptr: u32| -> R {
+            count(&c, "proxy_get_header_map_pairs");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -549,6 +569,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: C, t: u32, ptr: u32, size: u32| -> R {
+            count(&c, "proxy_set_header_map_pairs");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -570,6 +591,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: C, t: u32, kptr: u32, ksize: u32, vptr_ptr: u32, vsize_ptr: u32| -> R {
+            count(&c, "proxy_get_header_map_value");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -591,6 +613,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: C, t: u32, kptr: u32, ksize: u32, vptr: u32, vsize: u32| -> R {
+            count(&c, "proxy_add_header_map_value");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -611,6 +634,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: C, t: u32, kptr: u32, ksize: u32, vptr: u32, vsize: u32| -> R {
+            count(&c, "proxy_replace_header_map_value");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -631,6 +655,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C, t: u32, kptr: u32, ksize: u32| -> R {
+            count(&c, "proxy_remove_header_map_value");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -651,6 +676,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_size",
         |mut c: C, t: u32, size_ptr: u32| -> R {
+            count(&c, "proxy_get_header_map_size");
             let Some(t) = map_type(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -672,6 +698,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_property",
         |mut c: C, pptr: u32, psize: u32, vptr_ptr: u32, vsize_ptr: u32| -> R {
+            count(&c, "proxy_get_property");
             let Some(path) = read(&c, pptr, psize) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -686,6 +713,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_property",
         |mut c: C, kptr: u32, ksize: u32, vptr: u32, vsize: u32| -> R {
+            count(&c, "proxy_set_property");
             let (Some(k), Some(v)) = (read(&c, kptr, ksize), read(&c, vptr, vsize)) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -706,6 +734,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_shared_data",
         |mut c: C, kptr: u32, ksize: u32, vptr_ptr: u32, vsize_ptr: u32, cas_ptr: u32| -> R {
+            count(&c, "proxy_get_shared_data");
             let Some(key) = read(&c, kptr, ksize) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -723,6 +752,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_shared_data",
         |c: C, kptr: u32, ksize: u32, vptr: u32, vsize: u32, cas: u32| -> R {
+            count(&c, "proxy_set_shared_data");
             let (Some(key), Some(value)) = (read(&c, kptr, ksize), read(&c, vptr, vsize)) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -743,6 +773,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_register_shared_queue",
         |mut c: C, nptr: u32, nsize: u32, token_ptr: u32| -> R {
+            count(&c, "proxy_register_shared_queue");
             let Some(name) = read(&c, nptr, nsize) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -782,6 +813,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: C, vptr: u32, vsize: u32, nptr: u32, nsize: u32, token_ptr: u32| -> R {
+            count(&c, "proxy_resolve_shared_queue");
             let (Some(vm_id), Some(name)) = (read(&c, vptr, vsize), read(&c, nptr, nsize)) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -800,6 +832,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: C, token: u32, ptr_ptr: u32, size_ptr: u32| -> R {
+            count(&c, "proxy_dequeue_shared_queue");
             let item = {
                 let mut host = c.data().host.borrow_mut();
                 match host.queues.get_mut(&token) {
@@ -817,6 +850,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |c: C, token: u32, ptr: u32, size: u32| -> R {
+            count(&c, "proxy_enqueue_shared_queue");
             let Some(data) = read(&c, ptr, size) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -834,6 +868,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
 
     // ---- stream control ----
     l.func_wrap("env", "proxy_continue_stream", |mut c: C, t: u32| -> R {
+        count(&c, "proxy_continue_stream");
         let ctx = c.data().context();
         let d = c.data_mut();
         let response = match t {
@@ -852,6 +887,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         Ok(OK)
     })?;
     l.func_wrap("env", "proxy_close_stream", |mut c: C, t: u32| -> R {
+        count(&c, "proxy_close_stream");
         let ctx = c.data().context();
         let d = c.data_mut();
         match t {
@@ -878,6 +914,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          hsize: u32,
          _grpc_status: i32|
          -> R {
+            count(&c, "proxy_send_local_response");
             let (Some(details), Some(body), Some(headers)) = (
                 read(&c, dptr, dsize),
                 read(&c, bptr, bsize),
@@ -922,6 +959,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          timeout_ms: u32,
          token_ptr: u32|
          -> R {
+            count(&c, "proxy_http_call");
             let (Some(cluster), Some(headers), Some(body), Some(trailers)) = (
                 read(&c, uptr, usize_),
                 read(&c, hptr, hsize),
@@ -991,6 +1029,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_status",
         |mut c: C, code_ptr: u32, mptr_ptr: u32, msize_ptr: u32| -> R {
+            count(&c, "proxy_get_status");
             let (code, message) = c.data().status.clone();
             if !write_u32(&mut c, code_ptr, code) {
                 return Ok(INVALID_MEMORY);
@@ -1001,6 +1040,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
 
     // ---- contexts ----
     l.func_wrap("env", "proxy_set_effective_context", |mut c: C, id: u32| -> R {
+        count(&c, "proxy_set_effective_context");
         let d = c.data_mut();
         if d.context_exists(id) {
             d.effective_context = Some(id);
@@ -1009,7 +1049,8 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(BAD_ARGUMENT)
         }
     })?;
-    l.func_wrap("env", "proxy_done", |_c: C| -> R {
+    l.func_wrap("env", "proxy_done", |c: C| -> R {
+        count(&c, "proxy_done");
         // Only meaningful while Envoy shuts a VM down (never, here): NotFound, like Envoy.
         Ok(NOT_FOUND)
     })?;
@@ -1017,6 +1058,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_call_foreign_function",
         |mut c: C, nptr: u32, nsize: u32, aptr: u32, asize: u32, rptr_ptr: u32, rsize_ptr: u32| -> R {
+            count(&c, "proxy_call_foreign_function");
             let (Some(name), Some(args)) = (read(&c, nptr, nsize), read(&c, aptr, asize)) else {
                 return Ok(INVALID_MEMORY);
             };
@@ -1070,6 +1112,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_define_metric",
         |mut c: C, t: u32, nptr: u32, nsize: u32, id_ptr: u32| -> R {
+            count(&c, "proxy_define_metric");
             let Some(kind) = MetricKind::from_code(t) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -1096,6 +1139,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_increment_metric",
         |c: C, id: u32, offset: i64| -> R {
+            count(&c, "proxy_increment_metric");
             let d = c.data();
             let kind = MetricKind::from_metric_id(id);
             let found = d.metric_ids.get(&id).filter(|(_, k)| Some(*k) == kind).cloned();
@@ -1130,6 +1174,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     l.func_wrap("env", "proxy_record_metric", |c: C, id: u32, value: u64| -> R {
+        count(&c, "proxy_record_metric");
         let d = c.data();
         let kind = MetricKind::from_metric_id(id);
         let Some((name, k)) = d.metric_ids.get(&id).filter(|(_, k)| Some(*k) == kind).cloned() else {
@@ -1145,6 +1190,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         Ok(OK)
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C, id: u32, ptr: u32| -> R {
+        count(&c, "proxy_get_metric");
         let kind = MetricKind::from_metric_id(id);
         let value = {
             let d = c.data();
@@ -1187,6 +1233,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          _timeout: u32,
          _token_ptr: u32|
          -> R {
+            count(&c, "proxy_grpc_call");
             c.data_mut().fault = Some("gRPC callouts (proxy_grpc_call) are not emulated".into());
             Err(wasmtime::Error::msg("harness limitation: proxy_grpc_call"))
         },
@@ -1205,6 +1252,7 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          _h: u32,
          _token_ptr: u32|
          -> R {
+            count(&c, "proxy_grpc_stream");
             c.data_mut().fault = Some("gRPC streams (proxy_grpc_stream) are not emulated".into());
             Err(wasmtime::Error::msg("harness limitation: proxy_grpc_stream"))
         },
@@ -1213,15 +1261,21 @@ fn define_proxy(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_c: C, _token: u32, _ptr: u32, _len: u32, _end: u32| -> R { Ok(NOT_FOUND) },
+        |c: C, _token: u32, _ptr: u32, _len: u32, _end: u32| -> R {
+            count(&c, "proxy_grpc_send");
+            Ok(NOT_FOUND)
+        },
     )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C, _token: u32| -> R {
+    l.func_wrap("env", "proxy_grpc_cancel", |c: C, _token: u32| -> R {
+        count(&c, "proxy_grpc_cancel");
         Ok(NOT_FOUND)
     })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C, _token: u32| -> R {
+    l.func_wrap("env", "proxy_grpc_close", |c: C, _token: u32| -> R {
+        count(&c, "proxy_grpc_close");
         Ok(NOT_FOUND)
     })?;
-    l.func_wrap("env", "pthread_equal", |_c: C, a: u32, b: u32| -> u32 {
+    l.func_wrap("env", "pthread_equal", |c: C, a: u32, b: u32| -> u32 {
+        count(&c, "pthread_equal");
         u32::from(a == b)
     })?;
     Ok(())
@@ -1232,6 +1286,7 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
         m,
         "fd_write",
         |mut c: C, fd: u32, iovs: u32, iovs_len: u32, nwritten_ptr: u32| -> R {
+            count(&c, "fd_write");
             let (level, source) = match fd {
                 1 => (LogLevel::Info, LogSource::Stdout),
                 2 => (LogLevel::Error, LogSource::Stderr),
@@ -1278,23 +1333,29 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
     l.func_wrap(
         m,
         "fd_read",
-        |_c: C, _fd: u32, _iovs: u32, _len: u32, _nread: u32| -> R { Ok(WASI_ENOSYS) },
+        |c: C, _fd: u32, _iovs: u32, _len: u32, _nread: u32| -> R {
+            count(&c, "fd_read");
+            Ok(WASI_ENOSYS)
+        },
     )?;
     l.func_wrap(
         m,
         "fd_seek",
         |c: C, _fd: u32, _offset: i64, _whence: u32, _new_offset: u32| -> R {
+            count(&c, "fd_seek");
             c.data()
                 .log(LogLevel::Error, LogSource::Host, "wasi_unstable fd_seek".into());
             Ok(WASI_SUCCESS)
         },
     )?;
     l.func_wrap(m, "fd_close", |c: C, _fd: u32| -> R {
+        count(&c, "fd_close");
         c.data()
             .log(LogLevel::Error, LogSource::Host, "wasi_unstable fd_close".into());
         Ok(WASI_SUCCESS)
     })?;
     l.func_wrap(m, "fd_fdstat_get", |mut c: C, fd: u32, stat_ptr: u32| -> R {
+        count(&c, "fd_fdstat_get");
         if fd != 1 && fd != 2 {
             return Ok(WASI_EBADF);
         }
@@ -1307,13 +1368,15 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
             WASI_EFAULT
         })
     })?;
-    l.func_wrap(m, "environ_get", |_c: C, _environ: u32, _buf: u32| -> R {
+    l.func_wrap(m, "environ_get", |c: C, _environ: u32, _buf: u32| -> R {
+        count(&c, "environ_get");
         Ok(WASI_SUCCESS)
     })?;
     l.func_wrap(
         m,
         "environ_sizes_get",
         |mut c: C, count_ptr: u32, size_ptr: u32| -> R {
+            count(&c, "environ_sizes_get");
             Ok(
                 if write_u32(&mut c, count_ptr, 0) && write_u32(&mut c, size_ptr, 0) {
                     WASI_SUCCESS
@@ -1323,13 +1386,15 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
             )
         },
     )?;
-    l.func_wrap(m, "args_get", |_c: C, _argv: u32, _buf: u32| -> R {
+    l.func_wrap(m, "args_get", |c: C, _argv: u32, _buf: u32| -> R {
+        count(&c, "args_get");
         Ok(WASI_SUCCESS)
     })?;
     l.func_wrap(
         m,
         "args_sizes_get",
         |mut c: C, argc_ptr: u32, size_ptr: u32| -> R {
+            count(&c, "args_sizes_get");
             Ok(
                 if write_u32(&mut c, argc_ptr, 0) && write_u32(&mut c, size_ptr, 0) {
                     WASI_SUCCESS
@@ -1343,6 +1408,7 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
         m,
         "clock_time_get",
         |mut c: C, id: u32, _precision: u64, time_ptr: u32| -> R {
+            count(&c, "clock_time_get");
             let t = {
                 let host = c.data().host.borrow();
                 match id {
@@ -1359,6 +1425,7 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
         },
     )?;
     l.func_wrap(m, "random_get", |mut c: C, buf: u32, len: u32| -> R {
+        count(&c, "random_get");
         let mut bytes = vec![0u8; len as usize];
         c.data().host.borrow_mut().fill_random(&mut bytes);
         Ok(if write(&mut c, buf, &bytes) {
@@ -1368,13 +1435,14 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
         })
     })?;
     l.func_wrap(m, "proc_exit", |mut c: C, code: i32| -> wasmtime::Result<()> {
+        count(&c, "proc_exit");
         c.data_mut().exit_code = Some(code);
         Err(wasmtime::Error::msg(format!("proc_exit({code})")))
     })?;
     l.func_wrap(
         m,
         "path_open",
-        |_c: C,
+        |c: C,
          _fd: u32,
          _dirflags: u32,
          _path: u32,
@@ -1384,15 +1452,22 @@ fn define_wasi(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
          _rights_inheriting: u64,
          _fdflags: u32,
          _fd_ptr: u32|
-         -> R { Ok(WASI_ENOENT) },
+         -> R {
+            count(&c, "path_open");
+            Ok(WASI_ENOENT)
+        },
     )?;
-    l.func_wrap(m, "fd_prestat_get", |_c: C, _fd: u32, _buf: u32| -> R {
+    l.func_wrap(m, "fd_prestat_get", |c: C, _fd: u32, _buf: u32| -> R {
+        count(&c, "fd_prestat_get");
         Ok(WASI_EBADF)
     })?;
     l.func_wrap(
         m,
         "fd_prestat_dir_name",
-        |_c: C, _fd: u32, _path: u32, _len: u32| -> R { Ok(WASI_ENOSYS) },
+        |c: C, _fd: u32, _path: u32, _len: u32| -> R {
+            count(&c, "fd_prestat_dir_name");
+            Ok(WASI_ENOSYS)
+        },
     )?;
     Ok(())
 }

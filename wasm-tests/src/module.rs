@@ -21,8 +21,10 @@ fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            // Defaults: cranelift, wasm backtraces in trap messages.
-            let config = Config::new();
+            // Defaults: cranelift, wasm backtraces in trap messages; plus fuel metering, so that
+            // the work a module does is counted deterministically (`Vm::fuel_consumed`).
+            let mut config = Config::new();
+            config.consume_fuel(true);
             Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e:#}"))
         })
         .clone()

@@ -4,7 +4,7 @@
 //! trap handling and the "after VM call" actions Envoy defers (local replies, continues).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -76,6 +76,12 @@ pub(crate) struct VmState {
     pub fault: Option<String>,
     pub exit_code: Option<i32>,
     pub stop_iteration: bool,
+    /// Calls of each host function (import name) so far.
+    pub host_calls: RefCell<BTreeMap<&'static str, u64>>,
+    /// When on: (event, fuel spent since the previous event), see `Vm::start_fuel_trace`.
+    pub fuel_trace: RefCell<Option<Vec<(String, u64)>>>,
+    /// Remaining fuel at the previous trace event.
+    pub trace_fuel: std::cell::Cell<u64>,
 }
 
 impl VmState {
@@ -105,6 +111,9 @@ impl VmState {
             fault: None,
             exit_code: None,
             stop_iteration: false,
+            host_calls: RefCell::new(BTreeMap::new()),
+            fuel_trace: RefCell::new(None),
+            trace_fuel: std::cell::Cell::new(0),
         }
     }
 
@@ -133,6 +142,9 @@ impl VmState {
         *slot
     }
 }
+
+/// The fuel every store starts with (fuel is only counted, never exhausted).
+const FUEL: u64 = u64::MAX;
 
 /// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
 type OnHttpCallResponse = TypedFunc<(u32, u32, u32, u32, u32), ()>;
@@ -188,6 +200,10 @@ impl VmInner {
         state.config = config;
         let trap_policy = host.inner.state.borrow().options.trap_policy;
         let mut store = Store::new(&program.engine, state);
+        // Fuel only counts: a store never runs out (u64::MAX is far beyond any test).
+        store
+            .set_fuel(FUEL)
+            .map_err(|e| HarnessError::Module(format!("setting fuel: {e:#}")))?;
         let missing = imports::unknown_imports(&program.module);
         if !missing.is_empty() {
             return Err(HarnessError::MissingImports(missing));
@@ -249,6 +265,16 @@ impl VmInner {
         })
     }
 
+    /// With a fuel trace on, records `event` and the fuel spent since the previous event.
+    fn trace_event(&mut self, event: impl FnOnce() -> String) {
+        let fuel = self.store.get_fuel().unwrap_or(0);
+        let d = self.store.data();
+        if let Some(trace) = d.fuel_trace.borrow_mut().as_mut() {
+            trace.push((event(), d.trace_fuel.get().saturating_sub(fuel)));
+            d.trace_fuel.set(fuel);
+        }
+    }
+
     pub(crate) fn failed(&self) -> bool {
         self.store.data().failed
     }
@@ -270,7 +296,9 @@ impl VmInner {
             d.effective_context = None;
             d.stop_iteration = false;
         }
+        self.trace_event(|| format!("> {what}"));
         let result = f(&mut self.store);
+        self.trace_event(|| format!("< {what}"));
         let (fault, exit) = {
             let d = self.store.data_mut();
             d.effective_context = None;
@@ -529,6 +557,43 @@ impl Vm {
     /// The module's linear memory size in bytes (for memory-bound tests).
     pub fn memory_size_bytes(&self) -> usize {
         self.cell.borrow().memory_size()
+    }
+
+    /// Wasm fuel this VM consumed so far (since instantiation, start and configuration
+    /// included): wasmtime counts about one unit per executed WebAssembly instruction (`nop`,
+    /// `drop`, blocks and branches excepted). Deterministic: the same calls consume the same fuel.
+    /// Diff two readings to measure a piece of work.
+    pub fn fuel_consumed(&self) -> u64 {
+        let inner = self.cell.borrow();
+        FUEL - inner.store.get_fuel().unwrap_or(FUEL)
+    }
+
+    /// How many times this VM's module called each host function so far (by import name:
+    /// `proxy_*` and WASI functions, whatever the import module), since instantiation. Diff two
+    /// readings to measure a piece of work.
+    pub fn host_calls(&self) -> BTreeMap<String, u64> {
+        let inner = self.cell.borrow();
+        let calls = inner.store.data().host_calls.borrow();
+        calls.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+    }
+
+    /// Starts (or restarts) a fuel trace: from now on every top-level call into the module
+    /// (`> proxy_on_...`), its return (`< proxy_on_...`) and every host call (by import name) is
+    /// recorded with the fuel the module spent since the previous event — where the module's work
+    /// lies between host calls. [`Vm::take_fuel_trace`] returns it and stops tracing.
+    pub fn start_fuel_trace(&self) {
+        let inner = self.cell.borrow();
+        let fuel = inner.store.get_fuel().unwrap_or(0);
+        let d = inner.store.data();
+        d.trace_fuel.set(fuel);
+        *d.fuel_trace.borrow_mut() = Some(Vec::new());
+    }
+
+    /// The fuel trace since [`Vm::start_fuel_trace`] (empty if none was started); stops tracing.
+    pub fn take_fuel_trace(&self) -> Vec<(String, u64)> {
+        let inner = self.cell.borrow();
+        let trace = inner.store.data().fuel_trace.borrow_mut().take();
+        trace.unwrap_or_default()
     }
 
     /// Whether the VM trapped and is failed (only under [`TrapPolicy::Envoy`]).

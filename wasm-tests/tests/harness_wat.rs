@@ -424,3 +424,62 @@ fn a_local_reply_from_the_response_path_replaces_the_upstream_response_without_r
     assert_eq!(r.header("x-replace"), None);
     assert!(r.complete);
 }
+
+/// One request through its whole lifecycle: fuel spent, host calls made (by name), fuel trace.
+fn metered_request(
+    vm: &wasm_tests::Vm,
+) -> (u64, std::collections::BTreeMap<String, u64>, Vec<(String, u64)>) {
+    let (fuel, calls) = (vm.fuel_consumed(), vm.host_calls());
+    vm.start_fuel_trace();
+    let s = request(vm, None);
+    s.send_headers(true).expect_continued();
+    s.respond(200, &[("content-type", "application/fhir+json")], b"{}");
+    s.finish();
+    let trace = vm.take_fuel_trace();
+    let mut made = vm.host_calls();
+    for (name, n) in &calls {
+        if let Some(after) = made.get_mut(name) {
+            *after -= n;
+        }
+    }
+    made.retain(|_, n| *n > 0);
+    (vm.fuel_consumed() - fuel, made, trace)
+}
+
+#[test]
+fn fuel_and_host_calls_are_counted_per_vm_deterministically_and_the_trace_accounts_for_every_unit() {
+    let (_host, vm) = http_vm();
+    let (_other_host, other) = http_vm();
+    metered_request(&vm);
+    let idle = (other.fuel_consumed(), other.host_calls());
+    let (fuel_a, calls_a, trace) = metered_request(&vm);
+    let (fuel_b, calls_b, _) = metered_request(&vm);
+    assert!(fuel_a > 0, "the module ran");
+    assert_eq!(
+        (fuel_a, &calls_a),
+        (fuel_b, &calls_b),
+        "the same request costs the same"
+    );
+    assert!(
+        calls_a.contains_key("proxy_replace_header_map_value")
+            || calls_a.contains_key("proxy_add_header_map_value"),
+        "the filter's header changes are counted: {calls_a:?}"
+    );
+    assert_eq!(
+        (other.fuel_consumed(), other.host_calls()),
+        idle,
+        "another VM's counters did not move"
+    );
+    assert_eq!(trace.iter().map(|(_, f)| f).sum::<u64>(), fuel_a, "{trace:?}");
+    assert_eq!(
+        trace.first().map(|(e, _)| e.as_str()),
+        Some("> proxy_on_context_create")
+    );
+    assert!(trace.iter().any(|(e, _)| e == "< proxy_on_request_headers"));
+    let mut traced = std::collections::BTreeMap::new();
+    for (e, _) in trace.iter().filter(|(e, _)| !e.starts_with(['>', '<'])) {
+        *traced.entry(e.clone()).or_insert(0u64) += 1;
+    }
+    assert_eq!(traced, calls_a, "the trace names every host call");
+    assert!(vm.take_fuel_trace().is_empty(), "taking the trace stops it");
+}
