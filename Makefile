@@ -173,8 +173,12 @@ bench: build envoy
 	@if [ -z "$$(find $(BENCH_DIR)/tokens-fresh.txt -mmin -60 2>/dev/null)" ]; then \
 	  echo "minting 100,000 ES256 tokens"; \
 	  $(MINT) tokens 100000 patient ES256 > $(BENCH_DIR)/tokens.tmp && mv $(BENCH_DIR)/tokens.tmp $(BENCH_DIR)/tokens-fresh.txt; fi
+	@# Deterministic: Wasm instructions (fuel) and host calls per request kind, in the host emulator.
+	SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo run -q -p wasm-tests --example request_cost | tee $(BENCH_DIR)/request_cost.md
 	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/null-filter.wat $(BENCH_DIR)/null-filter.wasm
+	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/host-calls.wat $(BENCH_DIR)/host-calls.wasm
 	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) --null-wasm $(BENCH_DIR)/null-filter.wasm \
+	  --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
 	  --tokens $(BENCH_DIR)/tokens.txt --fresh-tokens $(BENCH_DIR)/tokens-fresh.txt \
 	  --duration $(BENCH_DURATION) --rounds $(BENCH_ROUNDS) \
 	  --micro $(BENCH_DIR)/micro.md --out $(BENCH_DIR)/results.md --json $(BENCH_DIR)/results.json
