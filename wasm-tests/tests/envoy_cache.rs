@@ -3,7 +3,8 @@
 //! (the upstream sees it once), never to another patient, user or app (the upstream is asked again,
 //! or the filter refuses first); the upstream never receives the token or the cache key's artefacts
 //! (`x-smart-identity`, `x-smart-edge-authority`) and sees the client's Host; a response the filter
-//! refuses is refused on every read, also when the cache serves it.
+//! refuses is refused on every read, also when the cache serves it; a public path keys on
+//! `anonymous`, whatever Host the client sends.
 
 use serde_json::{json, Value};
 use wasm_tests::http1::{Response, Server};
@@ -28,6 +29,8 @@ fn cacheable_upstream() -> Server {
             // Every observation belongs to patient 456.
             json!({"resourceType": "Observation", "id": id, "status": "final",
                    "code": {"text": "x"}, "subject": {"reference": "Patient/456"}})
+        } else if p == "/fhir/metadata" {
+            json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance"})
         } else {
             return Response::json(
                 404,
@@ -233,4 +236,48 @@ fn a_response_the_filter_refuses_is_refused_on_every_read_also_from_the_cache() 
         (cache_events(&envoy, "miss"), cache_events(&envoy, "hit")),
         (1, 1)
     );
+}
+
+/// `GET path` with the client's own `Host` (the helpers always send `127.0.0.1`): status line and
+/// head, lowercased.
+fn get_with_host(envoy: &Envoy, path: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    let head = out.split("\r\n\r\n").next().unwrap_or_default();
+    head.to_ascii_lowercase()
+}
+
+#[test]
+fn the_client_chosen_host_never_reaches_the_cache_key() {
+    let (_idp, up, envoy) = start();
+    // A public path has no verified identity: it keys on `anonymous`, whatever Host the client
+    // sends (so no Host can name an identity's entry), and the upstream sees the client's Host.
+    // (client Host, upstream reads after, from the cache)
+    let table = [
+        ("fhir.example.org", 1, false),
+        ("other.example.org", 1, true),
+        (
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            1,
+            true,
+        ),
+    ];
+    for (host, reads, cached) in table {
+        let head = get_with_host(&envoy, "/fhir/metadata", host);
+        assert!(head.starts_with("http/1.1 200"), "{host}: {head}");
+        assert_eq!(head.contains("\r\nage:"), cached, "{host}: {head}");
+        assert_eq!(upstream_reads(&up, "/fhir/metadata"), reads, "{host}");
+    }
+    let seen = up.requests();
+    assert_eq!(seen[0].header("host"), Some("fhir.example.org"));
+    assert!(seen[0].header("x-smart-identity").is_none());
 }
