@@ -763,7 +763,27 @@ pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> 
         set_headers.push(("x-smart-encounter", e.clone()));
     }
     set_headers.retain(|(_, v)| is_header_value_safe(v));
+    let identity = identity_digest(&set_headers);
+    set_headers.push((IDENTITY_HEADER, identity));
     set_headers
+}
+
+/// The forwarded header that digests all the others: one authority-safe value a cache or limiter
+/// can key on.
+pub const IDENTITY_HEADER: &str = "x-smart-identity";
+
+/// Lowercase hex SHA-256 of the forwarded facts as `name:value\n` lines in a fixed order. Values
+/// never hold a control character, so the encoding is unambiguous: two different sets of forwarded
+/// facts (an absent fact included) never share a digest.
+fn identity_digest(headers: &[(&'static str, String)]) -> String {
+    let mut h = hmac_sha256::Hash::new();
+    for (name, value) in headers {
+        h.update(name.as_bytes());
+        h.update(b":");
+        h.update(value.as_bytes());
+        h.update(b"\n");
+    }
+    crate::token::hex(&h.finalize())
 }
 
 /// The `:path` to forward: `path` (without query) and the classified `query` with `(name, value)`
@@ -1290,5 +1310,66 @@ mod tests {
         let mut e = introspecting("opaque");
         let d = decide_at(&mut e, NOW, SEARCH, "bad\"token", None);
         assert!(matches!(d, Decision::Deny(Denial::InvalidRequest(_), _)), "{d:?}");
+    }
+
+    #[test]
+    fn the_identity_digest_changes_with_every_forwarded_fact_and_only_with_them() {
+        let base = crate::claims::VerifiedClaims {
+            issuer: "iss".into(),
+            subject: Some("user-1".into()),
+            client_id: Some("app-1".into()),
+            scopes: vec!["launch/patient".into(), "patient/Patient.rs".into()],
+            patient: Some("123".into()),
+            encounter: None,
+            fhir_user: Some("Practitioner/9".into()),
+            jti: Some("j1".into()),
+            expires_at: 1,
+        };
+        let digest = |c: &crate::claims::VerifiedClaims| {
+            let h = verified_headers(c);
+            let d = h
+                .iter()
+                .filter(|(n, _)| *n == IDENTITY_HEADER)
+                .map(|(_, v)| v.clone());
+            let d: Vec<String> = d.collect();
+            assert_eq!(d.len(), 1, "one digest header");
+            d.into_iter().next().unwrap()
+        };
+        let d0 = digest(&base);
+        assert_eq!(d0.len(), 64);
+        assert!(d0.bytes().all(|b| b.is_ascii_hexdigit()), "authority-safe: {d0}");
+        // (edit, what changed): every forwarded fact changes the digest.
+        type Edit = fn(&mut crate::claims::VerifiedClaims);
+        let table: [(Edit, &str); 9] = [
+            (|c| c.subject = Some("user-2".into()), "another user"),
+            (|c| c.client_id = Some("app-2".into()), "another app"),
+            (|c| c.patient = Some("456".into()), "another patient"),
+            (|c| c.patient = None, "no patient"),
+            (
+                |c| c.patient = Some(String::new()),
+                "an empty patient is not an absent one",
+            ),
+            (|c| c.scopes.push("patient/Observation.rs".into()), "more scopes"),
+            (|c| c.encounter = Some("e1".into()), "an encounter"),
+            (|c| c.fhir_user = None, "no fhirUser"),
+            // The facts shift between fields: still another identity.
+            (
+                |c| {
+                    c.subject = Some("app-1".into());
+                    c.client_id = Some("user-1".into());
+                },
+                "client and subject swapped",
+            ),
+        ];
+        for (edit, what) in table {
+            let mut c = base.clone();
+            edit(&mut c);
+            assert_ne!(digest(&c), d0, "{what}");
+        }
+        // What is not forwarded does not split the key.
+        let mut c = base.clone();
+        c.jti = Some("j2".into());
+        c.expires_at = 2;
+        assert_eq!(digest(&c), d0, "another token of the same identity");
     }
 }
