@@ -92,6 +92,9 @@ validate: build envoy
 
 # Shipped code (the library, for the native target) may not unwrap, expect, panic or index unchecked.
 lint:
+	@# rustfmt and clippy come with rustup's default profile; added if a machine lacks them.
+	@if command -v rustup >/dev/null; then rustup component list --installed | grep -q '^clippy' && \
+	  rustup component list --installed | grep -q '^rustfmt' || rustup component add clippy rustfmt; fi
 	cargo fmt --all -- --check
 	cargo clippy -p smart-fhir-edge --lib -- -D warnings \
 	  -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic -D clippy::indexing_slicing

@@ -256,9 +256,15 @@ fn main() {
     // rotation, twice the cache's entries), the signature arithmetic left out (it is the
     // token::verify rows above in pure Rust, or BoringSSL through Envoy's verify_signature).
     let header = base64url::encode(br#"{"alg":"ES256","typ":"JWT","kid":"ec-p256"}"#);
-    let signature = base64url::encode(&[7u8; 64]);
-    let fresh: Vec<Vec<(String, String)>> = (0..8192)
+    let fresh: Vec<Vec<(String, String)>> = (0..8192u32)
         .map(|i| {
+            // Distinct like real signatures (the cache hashes the token's tail).
+            let mut sig = [7u8; 64];
+            for (k, b) in i.to_le_bytes().iter().enumerate() {
+                sig[60 + k] = *b;
+                sig[k] = *b;
+            }
+            let signature = base64url::encode(&sig);
             let mut claims = good_claims();
             claims["scope"] = json!("launch/patient openid fhirUser patient/*.rs");
             claims["jti"] = json!(format!("jti-{i}"));

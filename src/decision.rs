@@ -490,18 +490,7 @@ impl Engine {
             facts.cache_hit = facts.token_source == Some(TokenSource::IntrospectionCached);
             match verdict {
                 Ok(entry) => entry,
-                Err(Stop::Deny(d)) => return deny(d, facts),
-                Err(Stop::Wait {
-                    key,
-                    request,
-                    deadline_ms,
-                }) => {
-                    return Decision::AwaitIntrospection {
-                        key,
-                        request,
-                        deadline_ms,
-                    }
-                }
+                Err(stop) => return stop.decision(facts),
             }
         } else if let Some(entry) = self.cache.get(token, now_s, generation) {
             facts.token_source = Some(TokenSource::Jwt);
@@ -569,20 +558,8 @@ impl Engine {
             });
             if always {
                 let key = introspection::token_key(token);
-                match introspect(intro, config, token, &key, now_ms, answer, &mut facts) {
-                    Ok(_) => {}
-                    Err(Stop::Deny(d)) => return deny(d, facts),
-                    Err(Stop::Wait {
-                        key,
-                        request,
-                        deadline_ms,
-                    }) => {
-                        return Decision::AwaitIntrospection {
-                            key,
-                            request,
-                            deadline_ms,
-                        }
-                    }
+                if let Err(stop) = introspect(intro, config, token, &key, now_ms, answer, &mut facts) {
+                    return stop.decision(facts);
                 }
             }
         }
@@ -665,6 +642,24 @@ enum Stop {
         request: Option<Box<IntrospectionRequest>>,
         deadline_ms: u64,
     },
+}
+
+impl Stop {
+    /// The decision the stop makes: the refusal, or waiting for the introspection.
+    fn decision(self, facts: Facts) -> Decision {
+        match self {
+            Stop::Deny(d) => Decision::Deny(d, Box::new(facts)),
+            Stop::Wait {
+                key,
+                request,
+                deadline_ms,
+            } => Decision::AwaitIntrospection {
+                key,
+                request,
+                deadline_ms,
+            },
+        }
+    }
 }
 
 /// A token shaped as a JWS compact serialization (three parts); anything else is opaque.

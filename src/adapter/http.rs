@@ -332,19 +332,18 @@ impl Stream {
                 request,
                 deadline_ms,
             } => {
-                let Some(request) = request else {
-                    // A callout for this token is in flight: wait for its answer.
-                    v.introspection_waiters.push(IntrospectionWaiter {
-                        context_id: s.context_id,
-                        stream: Rc::downgrade(state),
-                        key,
-                        deadline_ms,
-                        retry: false,
-                    });
-                    return Action::Pause;
+                // No request: a callout for this token is in flight; wait for its answer too.
+                let waiting = match &request {
+                    None => true,
+                    Some(request) => {
+                        let sent = Root::dispatch_introspection(&mut v, key, request);
+                        if sent {
+                            s.introspection_sent = Some(key);
+                        }
+                        sent
+                    }
                 };
-                if Root::dispatch_introspection(&mut v, key, &request) {
-                    s.introspection_sent = Some(key);
+                if waiting {
                     v.introspection_waiters.push(IntrospectionWaiter {
                         context_id: s.context_id,
                         stream: Rc::downgrade(state),
