@@ -637,13 +637,15 @@ fn a_client_added_to_the_revocation_list_is_refused_after_the_next_refresh() {
 }
 
 #[test]
-fn the_example_envoy_config_carries_the_filters_stats_tag_rules() {
-    let yaml = config_file("test-audit.yaml");
-    for (tag, regex) in smart_fhir_edge::metrics::STATS_TAGS {
-        assert!(
-            yaml.contains(&format!("- tag_name: {tag}\n    regex: '{regex}'")),
-            "{tag}"
-        );
+fn the_example_and_demo_envoy_configs_carry_the_filters_stats_tag_rules() {
+    for file in ["test-audit.yaml", "demo/envoy.yaml"] {
+        let yaml = config_file(file);
+        for (tag, regex) in smart_fhir_edge::metrics::STATS_TAGS {
+            assert!(
+                yaml.contains(&format!("- tag_name: {tag}\n    regex: '{regex}'")),
+                "{file}: {tag}"
+            );
+        }
     }
 }
 
