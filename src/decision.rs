@@ -358,12 +358,7 @@ impl Engine {
         };
         let settled = match parsed {
             Ok(Answer::Active(claims)) => {
-                let entry = Rc::new(CachedToken {
-                    granted: GrantedScopes::parse(&claims.scopes),
-                    forwarded: Rc::from(verified_headers(&claims)),
-                    claims: Rc::new(claims),
-                    token_hash: key_fingerprint(&key),
-                });
+                let entry = cached_token(claims, key_fingerprint(&key));
                 intro
                     .answers
                     .insert(key, Cached::Active(entry.clone()), settings, now_s);
@@ -507,14 +502,7 @@ impl Engine {
             facts.token_hash = Some(token_hash.clone());
             match token::verify(token, config, &self.keys, now_s, verifier) {
                 Ok(claims) => {
-                    let granted = GrantedScopes::parse(&claims.scopes);
-                    let forwarded = Rc::from(verified_headers(&claims));
-                    let entry = Rc::new(CachedToken {
-                        claims: Rc::new(claims),
-                        granted,
-                        token_hash,
-                        forwarded,
-                    });
+                    let entry = cached_token(claims, token_hash);
                     self.cache.insert(token, entry.clone(), now_s, generation);
                     entry
                 }
@@ -735,6 +723,17 @@ fn introspect(
         Settled::Inactive(_) => Err(Stop::Deny(Denial::InvalidToken(TokenReason::Inactive))),
         Settled::Failed(_) => Err(Stop::Deny(Denial::IntrospectionUnavailable)),
     }
+}
+
+/// What a verified token (or an active introspection answer) leaves for later requests with the
+/// same token: its claims, parsed scopes and forwarded headers, built once.
+fn cached_token(claims: VerifiedClaims, token_hash: String) -> Rc<CachedToken> {
+    Rc::new(CachedToken {
+        granted: GrantedScopes::parse(&claims.scopes),
+        forwarded: Rc::from(verified_headers(&claims)),
+        claims: Rc::new(claims),
+        token_hash,
+    })
 }
 
 /// The `x-smart-*` headers that forward a verified token's facts upstream (values with control
