@@ -22,7 +22,7 @@ DEBIAN_MARK  := target/.debian-toolchain
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all toolchain build envoy rls-install test test-unit test-wasm test-envoy validate lint fuzz fuzz-build soak demo demo-stop demo-status demo-install bench clean-demo help
+.PHONY: all toolchain build envoy rls-install test test-unit test-wasm test-envoy validate lint fuzz fuzz-build soak demo demo-stop demo-status demo-install bench bench-ir bench-inputs clean-demo help
 
 all: build
 
@@ -109,7 +109,7 @@ lint:
 # every run replays them) plus what earlier runs found (target/fuzz/corpus/<target>), and runs for
 # FUZZ_SECONDS; an input that panics, runs over 10 s or over 2 GiB stops the run and is written to
 # target/fuzz/artifacts/<target>/. A summary line per target: executions, coverage, corpus.
-FUZZ_TARGETS   := token jwks scope fhir_request request_body response_body
+FUZZ_TARGETS   := token jwks scope fhir_request request_body response_body header_map
 FUZZ_SECONDS   ?= 60
 FUZZ_SANITIZER ?= none
 FUZZ_DIR       ?= $(ROOT)/target/fuzz
@@ -165,26 +165,36 @@ BENCH_DURATION ?= 5
 BENCH_ROUNDS   ?= 5
 MINT           := cargo run -q --profile bench --features test-support --example mint_tokens --
 
-bench: build envoy
+bench: build envoy bench-inputs
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	@mkdir -p $(BENCH_DIR)
 	cargo bench -p smart-fhir-edge --features test-support --bench core -- --markdown | tee $(BENCH_DIR)/micro.md
-	@# Tokens are valid for two hours of real time: minted again once older than an hour.
+	@# Deterministic: Wasm instructions (fuel) and host calls per request kind, in the host emulator.
+	SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo run -q -p wasm-tests --example request_cost | tee $(BENCH_DIR)/request_cost.md
+	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) --null-wasm $(BENCH_DIR)/null-filter.wasm \
+	  --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
+	  --tokens $(BENCH_DIR)/tokens.txt --fresh-tokens $(BENCH_DIR)/tokens-fresh.txt \
+	  --duration $(BENCH_DURATION) --rounds $(BENCH_ROUNDS) \
+	  --micro $(BENCH_DIR)/micro.md --out $(BENCH_DIR)/results.md --json $(BENCH_DIR)/results.json
+
+# The same listeners counted in CPU instructions per request under valgrind's callgrind
+# (envoy/bench/instructions.py): deterministic whatever the machine's load. About 3 minutes.
+bench-ir: build envoy bench-inputs
+	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	python3 envoy/bench/instructions.py --envoy $(ENVOY) --wasm $(WASM) \
+	  --null-wasm $(BENCH_DIR)/null-filter.wasm --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
+	  --tokens $(BENCH_DIR)/tokens.txt --out $(BENCH_DIR)/instructions.md
+
+# Tokens (minted again once older than an hour: they are valid for two) and the two reference modules.
+bench-inputs:
+	@mkdir -p $(BENCH_DIR)
 	@if [ -z "$$(find $(BENCH_DIR)/tokens.txt -mmin -60 2>/dev/null)" ]; then \
 	  echo "minting 2,000 RS256 tokens"; \
 	  $(MINT) tokens 2000 patient RS256 > $(BENCH_DIR)/tokens.tmp && mv $(BENCH_DIR)/tokens.tmp $(BENCH_DIR)/tokens.txt; fi
 	@if [ -z "$$(find $(BENCH_DIR)/tokens-fresh.txt -mmin -60 2>/dev/null)" ]; then \
 	  echo "minting 100,000 ES256 tokens"; \
 	  $(MINT) tokens 100000 patient ES256 > $(BENCH_DIR)/tokens.tmp && mv $(BENCH_DIR)/tokens.tmp $(BENCH_DIR)/tokens-fresh.txt; fi
-	@# Deterministic: Wasm instructions (fuel) and host calls per request kind, in the host emulator.
-	SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo run -q -p wasm-tests --example request_cost | tee $(BENCH_DIR)/request_cost.md
 	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/null-filter.wat $(BENCH_DIR)/null-filter.wasm
 	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/host-calls.wat $(BENCH_DIR)/host-calls.wasm
-	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) --null-wasm $(BENCH_DIR)/null-filter.wasm \
-	  --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
-	  --tokens $(BENCH_DIR)/tokens.txt --fresh-tokens $(BENCH_DIR)/tokens-fresh.txt \
-	  --duration $(BENCH_DURATION) --rounds $(BENCH_ROUNDS) \
-	  --micro $(BENCH_DIR)/micro.md --out $(BENCH_DIR)/results.md --json $(BENCH_DIR)/results.json
 
 # ---- the main job ------------------------------------------------------------------------------
 demo: build envoy

@@ -7,8 +7,11 @@
 //! patient, scopes, token id) but never carries the token, only its short hash, and never a search
 //! parameter's value.
 
+use std::rc::Rc;
+
 use serde::Serialize;
 
+use crate::claims::VerifiedClaims;
 use crate::config::Mode;
 use crate::decision::{Decision, Facts, RequestFacts};
 use crate::denial::Denial;
@@ -53,7 +56,7 @@ pub const REASON_PUBLIC: &str = "public";
 pub const REASON_SMART_CONFIGURATION: &str = "smart_configuration";
 
 /// One audit record. Serialized with every key present (`null` when unknown), in this order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Decision time, RFC 3339 UTC with milliseconds (`2025-01-31T12:00:00.123Z`).
     pub time: String,
@@ -76,17 +79,12 @@ pub struct AuditRecord {
     pub resource_id: Option<String>,
     /// Names of the search parameters, never their values.
     pub search_params: Vec<String>,
-    pub client_id: Option<String>,
-    pub subject: Option<String>,
-    pub fhir_user: Option<String>,
-    /// The patient in context (token claim).
-    pub patient: Option<String>,
-    /// The granted scopes (only for a verified token).
-    pub scopes: Vec<String>,
-    pub jti: Option<String>,
+    /// The verified token's claims (shared with the token cache, not copied): the record's
+    /// `client_id`, `subject`, `fhir_user`, `patient` (in context), `scopes` (granted), `jti` and
+    /// `issuer`.
+    pub claims: Option<Rc<VerifiedClaims>>,
     /// Short SHA-256 prefix of the token, never the token.
     pub token_hash: Option<String>,
-    pub issuer: Option<String>,
     /// Envoy's `source.address` (the downstream peer, `ip:port`).
     pub source_address: Option<String>,
     /// Whether the verified-token cache answered (`null` when no token was looked up); for a token
@@ -130,9 +128,6 @@ impl AuditRecord {
             Decision::Respond(_) => (Verdict::Allow, REASON_SMART_CONFIGURATION, None, &empty),
             Decision::AwaitKeys { .. } | Decision::AwaitIntrospection { .. } => return None,
         };
-        let claims = facts.claims.as_deref();
-        let claim =
-            |f: fn(&crate::claims::VerifiedClaims) -> &Option<String>| claims.and_then(|c| f(c).clone());
         Some(AuditRecord {
             time: rfc3339_utc(now_ms),
             request_id: req.header("x-request-id").map(str::to_string),
@@ -146,19 +141,47 @@ impl AuditRecord {
             resource_type: facts.resource_type.clone(),
             resource_id: facts.resource_id.clone(),
             search_params: facts.search_params.clone(),
-            client_id: claim(|c| &c.client_id),
-            subject: claim(|c| &c.subject),
-            fhir_user: claim(|c| &c.fhir_user),
-            patient: claim(|c| &c.patient),
-            scopes: claims.map(|c| c.scopes.clone()).unwrap_or_default(),
-            jti: claim(|c| &c.jti),
+            claims: facts.claims.clone(),
             token_hash: facts.token_hash.clone(),
-            issuer: claims.map(|c| c.issuer.clone()),
             source_address: None,
             token_cache_hit: facts.token_hash.as_ref().map(|_| facts.cache_hit),
             token_source: facts.token_source.map(|t| t.as_str()),
             allowed_by: facts.allowed_by,
         })
+    }
+
+    fn claim(&self, f: fn(&VerifiedClaims) -> &Option<String>) -> Option<&str> {
+        self.claims.as_deref().and_then(|c| f(c).as_deref())
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.claim(|c| &c.client_id)
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.claim(|c| &c.subject)
+    }
+
+    pub fn fhir_user(&self) -> Option<&str> {
+        self.claim(|c| &c.fhir_user)
+    }
+
+    /// The patient in context (token claim).
+    pub fn patient(&self) -> Option<&str> {
+        self.claim(|c| &c.patient)
+    }
+
+    pub fn jti(&self) -> Option<&str> {
+        self.claim(|c| &c.jti)
+    }
+
+    pub fn issuer(&self) -> Option<&str> {
+        self.claims.as_deref().map(|c| c.issuer.as_str())
+    }
+
+    /// The granted scopes (empty without a verified token).
+    pub fn scopes(&self) -> &[String] {
+        self.claims.as_deref().map_or(&[], |c| c.scopes.as_slice())
     }
 
     /// Turns the record of an allowed request into the refusal a body or response check found
@@ -183,13 +206,223 @@ impl AuditRecord {
 
     /// The record as one line of JSON.
     pub fn to_json(&self) -> String {
-        // Serializing plain strings, numbers and booleans cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = String::with_capacity(JSON_CAPACITY);
+        self.write_json(&mut out);
+        out
     }
 
-    /// The log line: [`LOG_PREFIX`] followed by the JSON.
+    /// The log line: [`LOG_PREFIX`] followed by the JSON (`&line[LOG_PREFIX.len()..]` is the JSON).
     pub fn log_line(&self) -> String {
-        format!("{LOG_PREFIX}{}", self.to_json())
+        let mut out = String::with_capacity(LOG_PREFIX.len() + JSON_CAPACITY);
+        out.push_str(LOG_PREFIX);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the record's JSON: every key, in a fixed order, as `serde_json` would write it
+    /// ([`AuditJson`], serialized by serde, is the reference the tests compare with). Written by
+    /// hand because it runs on every request: a generic serializer costs several times more in Wasm.
+    fn write_json(&self, out: &mut String) {
+        let mut w = json::Object::start(out);
+        w.str("time", &self.time);
+        w.opt_str("request_id", self.request_id.as_deref());
+        w.str("decision", self.decision.as_str());
+        w.str("reason", self.reason);
+        w.opt_u16("status", self.status);
+        w.opt_u16("refusal_status", self.refusal_status);
+        w.opt_u16("upstream_status", self.upstream_status);
+        w.str("method", &self.method);
+        w.opt_str("interaction", self.interaction);
+        w.opt_str("resource_type", self.resource_type.as_deref());
+        w.opt_str("resource_id", self.resource_id.as_deref());
+        w.str_list("search_params", &self.search_params);
+        w.opt_str("client_id", self.client_id());
+        w.opt_str("subject", self.subject());
+        w.opt_str("fhir_user", self.fhir_user());
+        w.opt_str("patient", self.patient());
+        w.str_list("scopes", self.scopes());
+        w.opt_str("jti", self.jti());
+        w.opt_str("token_hash", self.token_hash.as_deref());
+        w.opt_str("issuer", self.issuer());
+        w.opt_str("source_address", self.source_address.as_deref());
+        w.opt_bool("token_cache_hit", self.token_cache_hit);
+        w.opt_str("token_source", self.token_source);
+        w.opt_str("allowed_by", self.allowed_by);
+        w.end();
+    }
+}
+
+/// The record's JSON shape, field by field (serialized by `serde_json` as the reference of
+/// [`AuditRecord::to_json`], and for the documentation of the keys).
+#[derive(Serialize)]
+pub struct AuditJson<'a> {
+    pub time: &'a str,
+    pub request_id: Option<&'a str>,
+    pub decision: Verdict,
+    pub reason: &'a str,
+    pub status: Option<u16>,
+    pub refusal_status: Option<u16>,
+    pub upstream_status: Option<u16>,
+    pub method: &'a str,
+    pub interaction: Option<&'a str>,
+    pub resource_type: Option<&'a str>,
+    pub resource_id: Option<&'a str>,
+    pub search_params: &'a [String],
+    pub client_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub fhir_user: Option<&'a str>,
+    pub patient: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub jti: Option<&'a str>,
+    pub token_hash: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub source_address: Option<&'a str>,
+    pub token_cache_hit: Option<bool>,
+    pub token_source: Option<&'a str>,
+    pub allowed_by: Option<&'a str>,
+}
+
+impl AuditRecord {
+    /// The record as [`AuditJson`].
+    pub fn view(&self) -> AuditJson<'_> {
+        AuditJson {
+            time: &self.time,
+            request_id: self.request_id.as_deref(),
+            decision: self.decision,
+            reason: self.reason,
+            status: self.status,
+            refusal_status: self.refusal_status,
+            upstream_status: self.upstream_status,
+            method: &self.method,
+            interaction: self.interaction,
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            search_params: &self.search_params,
+            client_id: self.client_id(),
+            subject: self.subject(),
+            fhir_user: self.fhir_user(),
+            patient: self.patient(),
+            scopes: self.scopes(),
+            jti: self.jti(),
+            token_hash: self.token_hash.as_deref(),
+            issuer: self.issuer(),
+            source_address: self.source_address.as_deref(),
+            token_cache_hit: self.token_cache_hit,
+            token_source: self.token_source,
+            allowed_by: self.allowed_by,
+        }
+    }
+}
+
+/// Room for a typical record's JSON (one allocation per record).
+const JSON_CAPACITY: usize = 768;
+
+/// A minimal JSON object writer producing exactly `serde_json`'s compact output for strings,
+/// small integers, booleans, `null` and lists of strings.
+mod json {
+    /// An object being written into a string.
+    pub struct Object<'a> {
+        out: &'a mut String,
+        first: bool,
+    }
+
+    impl<'a> Object<'a> {
+        pub fn start(out: &'a mut String) -> Object<'a> {
+            out.push('{');
+            Object { out, first: true }
+        }
+
+        fn key(&mut self, key: &str) {
+            if !self.first {
+                self.out.push(',');
+            }
+            self.first = false;
+            self.out.push('"');
+            self.out.push_str(key);
+            self.out.push_str("\":");
+        }
+
+        pub fn str(&mut self, key: &str, value: &str) {
+            self.key(key);
+            string(self.out, value);
+        }
+
+        pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+            self.key(key);
+            match value {
+                Some(v) => string(self.out, v),
+                None => self.out.push_str("null"),
+            }
+        }
+
+        pub fn opt_u16(&mut self, key: &str, value: Option<u16>) {
+            self.key(key);
+            match value {
+                Some(v) => number(self.out, v),
+                None => self.out.push_str("null"),
+            }
+        }
+
+        pub fn opt_bool(&mut self, key: &str, value: Option<bool>) {
+            self.key(key);
+            self.out.push_str(match value {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "null",
+            });
+        }
+
+        pub fn str_list(&mut self, key: &str, values: &[String]) {
+            self.key(key);
+            self.out.push('[');
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                string(self.out, v);
+            }
+            self.out.push(']');
+        }
+
+        pub fn end(self) {
+            self.out.push('}');
+        }
+    }
+
+    fn number(out: &mut String, v: u16) {
+        super::push_padded(out, u64::from(v), 1);
+    }
+
+    /// A JSON string as `serde_json` escapes it: `"` and `\`, the short escapes `\b \f \n \r \t`,
+    /// other control characters as `\u00xx`; everything else as it is.
+    pub fn string(out: &mut String, s: &str) {
+        out.push('"');
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            out.push_str(s.get(start..i).unwrap_or_default());
+            if escape.is_empty() {
+                out.push_str("\\u00");
+                for nibble in [b >> 4, b & 0xf] {
+                    out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+                }
+            } else {
+                out.push_str(escape);
+            }
+            start = i + 1;
+        }
+        out.push_str(s.get(start..).unwrap_or_default());
+        out.push('"');
     }
 }
 
@@ -199,13 +432,40 @@ pub fn rfc3339_utc(ms: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let mut out = String::with_capacity(24);
+    for (value, width, after) in [
+        (y, 4, '-'),
+        (m, 2, '-'),
+        (d, 2, 'T'),
+        (rem / 3600, 2, ':'),
+        (rem % 3600 / 60, 2, ':'),
+        (rem % 60, 2, '.'),
+        (ms % 1000, 3, 'Z'),
+    ] {
+        push_padded(&mut out, value, width);
+        out.push(after);
+    }
+    out
+}
+
+/// Appends `value` in decimal, zero-padded to at least `width` digits (no formatting machinery:
+/// this runs for every record).
+fn push_padded(out: &mut String, value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut n = value;
+    let mut used = 0;
+    for slot in digits.iter_mut().rev() {
+        if n == 0 && used >= width {
+            break;
+        }
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+        used += 1;
+    }
+    let used = used.max(1);
+    for d in digits.iter().skip(digits.len() - used) {
+        out.push(char::from(*d));
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (H. Hinnant's algorithm).
@@ -289,12 +549,69 @@ mod tests {
     }
 
     #[test]
+    fn the_hand_written_json_is_exactly_what_serde_json_writes() {
+        let tricky = [
+            "",
+            "plain",
+            "quote\" and backslash\\",
+            "controls \u{0}\u{1}\u{8}\u{9}\u{a}\u{c}\u{d}\u{1b}\u{1f} end",
+            "del \u{7f} and line sep \u{2028} and é 中 🦀",
+            "</script>&<>'",
+        ];
+        let base = record(&allow(facts()), Mode::Enforce);
+        let denied = record(
+            &Decision::Deny(Denial::MissingToken, Box::default()),
+            Mode::AuditOnly,
+        );
+        let mut cases = vec![base.clone(), denied];
+        for t in tricky {
+            let mut r = base.clone();
+            r.request_id = Some(t.to_string());
+            r.method = t.to_string();
+            r.resource_id = Some(t.to_string());
+            r.search_params = vec![t.to_string(), "x".into()];
+            let mut c = (**r.claims.as_ref().unwrap()).clone();
+            c.subject = Some(t.to_string());
+            c.scopes = vec![t.to_string()];
+            r.claims = Some(Rc::new(c));
+            r.source_address = Some(t.to_string());
+            r.status = Some(0);
+            r.upstream_status = Some(65535);
+            r.refusal_status = Some(403);
+            r.token_cache_hit = Some(false);
+            cases.push(r);
+        }
+        for r in cases {
+            let want = serde_json::to_string(&r.view()).unwrap();
+            assert_eq!(r.to_json(), want);
+            assert_eq!(r.log_line(), format!("{LOG_PREFIX}{want}"));
+        }
+    }
+
+    #[test]
+    fn pads_numbers_to_their_width() {
+        for (v, width, want) in [
+            (0, 1, "0"),
+            (7, 2, "07"),
+            (123, 2, "123"),
+            (5, 4, "0005"),
+            (65535, 1, "65535"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut s = String::new();
+            push_padded(&mut s, v, width);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
     fn formats_the_host_clock_as_rfc3339_utc() {
         for (ms, want) in [
             (0, "1970-01-01T00:00:00.000Z"),
             (T, "2023-11-14T22:13:20.123Z"),
             (951_782_400_000, "2000-02-29T00:00:00.000Z"),
             (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
         ] {
             assert_eq!(rfc3339_utc(ms), want);
         }
@@ -371,11 +688,7 @@ mod tests {
             assert_eq!(r.refusal_status, Some(403));
             assert_eq!(r.status, status);
             assert_eq!(r.upstream_status, upstream, "{mode:?}");
-            assert_eq!(
-                r.client_id.as_deref(),
-                Some("app-1"),
-                "who was refused stays named"
-            );
+            assert_eq!(r.client_id(), Some("app-1"), "who was refused stays named");
         }
     }
 

@@ -91,16 +91,16 @@ fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
 pub fn audit_event(record: &AuditRecord, observer: &str) -> Value {
     let code = record.interaction.and_then(interaction_code);
     let mut agents = Vec::new();
-    let has_user = record.subject.is_some() || record.fhir_user.is_some();
+    let has_user = record.subject().is_some() || record.fhir_user().is_some();
     if has_user {
-        let identifier = record.subject.as_ref().map(|s| {
+        let identifier = record.subject().map(|s| {
             object([
-                ("system", record.issuer.as_ref().map(|i| json!(i))),
+                ("system", record.issuer().map(|i| json!(i))),
                 ("value", Some(json!(s))),
             ])
         });
         let who = object([
-            ("reference", record.fhir_user.as_ref().map(|u| json!(u))),
+            ("reference", record.fhir_user().map(|u| json!(u))),
             ("identifier", identifier),
         ]);
         agents.push(object([
@@ -113,13 +113,12 @@ pub fn audit_event(record: &AuditRecord, observer: &str) -> Value {
             (
                 "policy",
                 record
-                    .jti
-                    .as_ref()
+                    .jti()
                     .map(|j| json!([format!("urn:ietf:params:oauth:jti:{j}")])),
             ),
         ]));
     }
-    let client_who = match &record.client_id {
+    let client_who = match record.client_id() {
         Some(c) => json!({"identifier": {"value": c}}),
         None => json!({"display": "unidentified client"}),
     };
@@ -198,9 +197,9 @@ fn outcome_desc(r: &AuditRecord) -> String {
 
 /// The patient the request concerns: the token's patient in context, else the Patient read.
 fn patient_reference(r: &AuditRecord) -> Option<String> {
-    if let Some(p) = &r.patient {
+    if let Some(p) = r.patient() {
         return Some(if p.contains('/') {
-            p.clone()
+            p.to_string()
         } else {
             format!("Patient/{p}")
         });
@@ -460,14 +459,18 @@ mod tests {
             resource_type: Some("Observation".into()),
             resource_id: Some("obs-1".into()),
             search_params: vec![],
-            client_id: Some("app-1".into()),
-            subject: Some("user-1".into()),
-            fhir_user: Some("Practitioner/77".into()),
-            patient: Some("123".into()),
-            scopes: vec!["patient/*.rs".into()],
-            jti: Some("jti-9".into()),
+            claims: Some(std::rc::Rc::new(crate::claims::VerifiedClaims {
+                issuer: "https://idp.example.org".into(),
+                subject: Some("user-1".into()),
+                client_id: Some("app-1".into()),
+                scopes: vec!["patient/*.rs".into()],
+                patient: Some("123".into()),
+                encounter: None,
+                fhir_user: Some("Practitioner/77".into()),
+                jti: Some("jti-9".into()),
+                expires_at: 1_700_000_300,
+            })),
             token_hash: Some("0123456789ab".into()),
-            issuer: Some("https://idp.example.org".into()),
             source_address: Some("10.0.0.7:51234".into()),
             token_cache_hit: Some(false),
             token_source: Some("jwt"),
@@ -588,12 +591,7 @@ mod tests {
             status: Some(401),
             refusal_status: Some(401),
             upstream_status: None,
-            client_id: None,
-            subject: None,
-            fhir_user: None,
-            patient: None,
-            jti: None,
-            issuer: None,
+            claims: None,
             interaction: None,
             source_address: Some("[::1]:4000".into()),
             ..record()

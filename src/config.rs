@@ -117,6 +117,66 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// The per-app anomaly brake, when configured.
     pub anomaly_brake: Option<crate::brake::BrakeConfig>,
+    /// Which verified facts go upstream as `x-smart-*` headers.
+    pub forward_headers: ForwardHeaders,
+}
+
+/// The `x-smart-*` headers a verified token's facts may be forwarded in, in the order they are
+/// written. `x-smart-identity` digests all the others (a cache or limiter key).
+pub const FORWARDABLE_HEADERS: [&str; 7] = [
+    "x-smart-patient",
+    "x-smart-scope",
+    "x-smart-client-id",
+    "x-smart-sub",
+    "x-smart-fhir-user",
+    "x-smart-encounter",
+    "x-smart-identity",
+];
+
+/// Which of [`FORWARDABLE_HEADERS`] are forwarded (`forward_headers`). Each header written costs
+/// Envoy a header-map update and a route-cache reset, so a deployment whose upstream reads none of
+/// them lists none. The default is every fact but `x-smart-identity`, which the cache and
+/// rate-limit configurations ask for by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardHeaders(u8);
+
+impl ForwardHeaders {
+    /// Every fact, no identity digest.
+    pub const DEFAULT: ForwardHeaders = ForwardHeaders(0b011_1111);
+    /// All seven headers.
+    pub const ALL: ForwardHeaders = ForwardHeaders(0b111_1111);
+
+    /// Whether `name` (one of [`FORWARDABLE_HEADERS`]) is forwarded.
+    pub fn includes(self, name: &str) -> bool {
+        FORWARDABLE_HEADERS
+            .iter()
+            .position(|h| *h == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    fn parse(names: &[String], field: &str) -> Result<ForwardHeaders, ConfigError> {
+        let mut bits = 0u8;
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            let Some(i) = FORWARDABLE_HEADERS.iter().position(|h| *h == lower) else {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "\"{name}\" is not a forwardable header (one of: {})",
+                        FORWARDABLE_HEADERS.join(", ")
+                    ),
+                ));
+            };
+            bits |= 1 << i;
+        }
+        Ok(ForwardHeaders(bits))
+    }
+}
+
+impl Default for ForwardHeaders {
+    fn default() -> Self {
+        ForwardHeaders::DEFAULT
+    }
 }
 
 /// Where audit records go.
@@ -351,6 +411,7 @@ struct RawConfig {
     audit_event: Option<RawAuditEvent>,
     revocation: Option<RawRevocation>,
     anomaly_brake: Option<crate::brake::RawBrake>,
+    forward_headers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -680,6 +741,11 @@ impl RawConfig {
                 .anomaly_brake
                 .map(|b| b.validate("anomaly_brake"))
                 .transpose()?,
+            forward_headers: self
+                .forward_headers
+                .map(|names| ForwardHeaders::parse(&names, "forward_headers"))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -1226,6 +1292,46 @@ mod tests {
         assert_eq!(HttpUri::parse("https://h").unwrap().path, "/");
         for bad in ["h/p", "https://", "https://u@h/", "https://h/a b", "file:///x"] {
             assert!(HttpUri::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forward_headers_default_to_every_fact_but_the_identity_and_refuse_unknown_names() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(c.forward_headers, ForwardHeaders::DEFAULT);
+        for h in FORWARDABLE_HEADERS {
+            assert_eq!(c.forward_headers.includes(h), h != "x-smart-identity", "{h}");
+        }
+        for (names, want) in [
+            (serde_json::json!([]), vec![]),
+            (
+                serde_json::json!(["X-Smart-Client-Id", "x-smart-identity"]),
+                vec!["x-smart-client-id", "x-smart-identity"],
+            ),
+            (
+                serde_json::json!(FORWARDABLE_HEADERS),
+                FORWARDABLE_HEADERS.to_vec(),
+            ),
+        ] {
+            let mut v = minimal();
+            v["forward_headers"] = names.clone();
+            let c = parse(&v).unwrap();
+            let got: Vec<&str> = FORWARDABLE_HEADERS
+                .iter()
+                .copied()
+                .filter(|h| c.forward_headers.includes(h))
+                .collect();
+            assert_eq!(got, want, "{names}");
+        }
+        for bad in [
+            serde_json::json!(["authorization"]),
+            serde_json::json!(["x-smart-other"]),
+            serde_json::json!("x-smart-sub"),
+        ] {
+            let mut v = minimal();
+            v["forward_headers"] = bad.clone();
+            let e = parse(&v).unwrap_err();
+            assert!(e.to_string().contains("forward_headers"), "{bad}: {e}");
         }
     }
 

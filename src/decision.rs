@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use crate::authz;
 use crate::claims::VerifiedClaims;
-use crate::config::{Config, ConfigError, IntrospectionMode};
+use crate::config::{Config, ConfigError, ForwardHeaders, IntrospectionMode};
 use crate::denial::{Denial, RequestReason, TokenReason};
 use crate::fhir::{self, ClassifyError, Interaction};
 use crate::introspection::{
@@ -358,7 +358,7 @@ impl Engine {
         };
         let settled = match parsed {
             Ok(Answer::Active(claims)) => {
-                let entry = cached_token(claims, key_fingerprint(&key));
+                let entry = cached_token(claims, key_fingerprint(&key), config.forward_headers);
                 intro
                     .answers
                     .insert(key, Cached::Active(entry.clone()), settings, now_s);
@@ -502,7 +502,7 @@ impl Engine {
             facts.token_hash = Some(token_hash.clone());
             match token::verify(token, config, &self.keys, now_s, verifier) {
                 Ok(claims) => {
-                    let entry = cached_token(claims, token_hash);
+                    let entry = cached_token(claims, token_hash, config.forward_headers);
                     self.cache.insert(token, entry.clone(), now_s, generation);
                     entry
                 }
@@ -727,10 +727,10 @@ fn introspect(
 
 /// What a verified token (or an active introspection answer) leaves for later requests with the
 /// same token: its claims, parsed scopes and forwarded headers, built once.
-fn cached_token(claims: VerifiedClaims, token_hash: String) -> Rc<CachedToken> {
+fn cached_token(claims: VerifiedClaims, token_hash: String, forward: ForwardHeaders) -> Rc<CachedToken> {
     Rc::new(CachedToken {
         granted: GrantedScopes::parse(&claims.scopes),
-        forwarded: Rc::from(verified_headers(&claims)),
+        forwarded: Rc::from(verified_headers(&claims, forward)),
         claims: Rc::new(claims),
         token_hash,
     })
@@ -738,8 +738,8 @@ fn cached_token(claims: VerifiedClaims, token_hash: String) -> Rc<CachedToken> {
 
 /// The `x-smart-*` headers that forward a verified token's facts upstream (values with control
 /// characters are left out).
-pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> {
-    let mut set_headers = Vec::with_capacity(6);
+pub fn verified_headers(claims: &VerifiedClaims, forward: ForwardHeaders) -> Vec<(&'static str, String)> {
+    let mut set_headers = Vec::with_capacity(7);
     if let Some(p) = &claims.patient {
         set_headers.push(("x-smart-patient", p.clone()));
     }
@@ -757,8 +757,12 @@ pub fn verified_headers(claims: &VerifiedClaims) -> Vec<(&'static str, String)> 
         set_headers.push(("x-smart-encounter", e.clone()));
     }
     set_headers.retain(|(_, v)| is_header_value_safe(v));
-    let identity = identity_digest(&set_headers);
-    set_headers.push((IDENTITY_HEADER, identity));
+    // The digest covers every fact, forwarded or not: two identities never share a key.
+    if forward.includes(IDENTITY_HEADER) {
+        let identity = identity_digest(&set_headers);
+        set_headers.push((IDENTITY_HEADER, identity));
+    }
+    set_headers.retain(|(name, _)| forward.includes(name));
     set_headers
 }
 
@@ -1307,6 +1311,60 @@ mod tests {
     }
 
     #[test]
+    fn only_the_configured_headers_are_forwarded_and_the_digest_covers_every_fact() {
+        let claims = crate::claims::VerifiedClaims {
+            issuer: "iss".into(),
+            subject: Some("user-1".into()),
+            client_id: Some("app-1".into()),
+            scopes: vec!["patient/Patient.rs".into()],
+            patient: Some("123".into()),
+            encounter: None,
+            fhir_user: None,
+            jti: None,
+            expires_at: 1,
+        };
+        let forward = |names: serde_json::Value| {
+            let jwks: serde_json::Value = serde_json::from_slice(&test_support::default_jwks()).unwrap();
+            let mut v = json!({"providers": [{"issuer": ISS, "audiences": [AUD], "local_jwks": jwks}]});
+            v["forward_headers"] = names;
+            crate::config::Config::from_json(&serde_json::to_vec(&v).unwrap())
+                .unwrap()
+                .forward_headers
+        };
+        let names =
+            |f| -> Vec<&'static str> { verified_headers(&claims, f).iter().map(|(n, _)| *n).collect() };
+        assert_eq!(
+            names(ForwardHeaders::DEFAULT),
+            [
+                "x-smart-patient",
+                "x-smart-scope",
+                "x-smart-client-id",
+                "x-smart-sub"
+            ]
+        );
+        assert_eq!(names(forward(json!([]))), Vec::<&str>::new());
+        assert_eq!(
+            names(forward(json!(["x-smart-client-id"]))),
+            ["x-smart-client-id"]
+        );
+        let only_identity = verified_headers(&claims, forward(json!(["x-smart-identity"])));
+        let all = verified_headers(&claims, ForwardHeaders::ALL);
+        assert_eq!(only_identity.len(), 1);
+        assert_eq!(
+            Some(&only_identity[0]),
+            all.last(),
+            "same digest whatever else is forwarded"
+        );
+        let mut other = claims.clone();
+        other.patient = Some("456".into());
+        assert_ne!(
+            verified_headers(&other, forward(json!(["x-smart-identity"])))[0],
+            only_identity[0],
+            "the patient is in the digest though not forwarded"
+        );
+    }
+
+    #[test]
     fn the_identity_digest_changes_with_every_forwarded_fact_and_only_with_them() {
         let base = crate::claims::VerifiedClaims {
             issuer: "iss".into(),
@@ -1320,7 +1378,7 @@ mod tests {
             expires_at: 1,
         };
         let digest = |c: &crate::claims::VerifiedClaims| {
-            let h = verified_headers(c);
+            let h = verified_headers(c, ForwardHeaders::ALL);
             let d = h
                 .iter()
                 .filter(|(n, _)| *n == IDENTITY_HEADER)

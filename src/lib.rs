@@ -18,6 +18,7 @@ pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod fhir;
+pub mod header_map;
 pub mod introspection;
 pub mod jwks;
 pub mod metrics;

@@ -135,6 +135,21 @@ pub struct Metrics {
     /// Counter ids by the static parts of their names (base and tag values): the counters of every
     /// request are found without formatting and hashing their full names.
     by_parts: HashMap<NameParts, Option<u32>, BuildHasherDefault<PartsHasher>>,
+    /// The counters used most recently, found by the addresses of their static parts before any
+    /// hashing (a request's four counters are nearly always the previous request's).
+    recent: Vec<(NameParts, Option<u32>)>,
+}
+
+/// How many counters [`Metrics`] finds by address.
+const RECENT_COUNTERS: usize = 16;
+
+/// The same static string: same address and length (which implies the same text).
+fn same_static(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
+}
+
+fn same_parts(a: &NameParts, b: &NameParts) -> bool {
+    same_static(a.0, b.0) && same_static(a.1, b.1) && same_static(a.2, b.2)
 }
 
 /// A counter name's static parts: its base and up to two tag values (`""` when absent).
@@ -192,11 +207,25 @@ impl Metrics {
         if delta == 0 {
             return;
         }
-        let id = match self.by_parts.get(&parts) {
-            Some(id) => *id,
+        let recent = self
+            .recent
+            .iter()
+            .find(|(p, _)| same_parts(p, &parts))
+            .map(|(_, id)| *id);
+        let id = match recent {
+            Some(id) => id,
             None => {
-                let id = self.id(host, MetricKind::Counter, name());
-                self.by_parts.insert(parts, id);
+                let id = match self.by_parts.get(&parts) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.id(host, MetricKind::Counter, name());
+                        self.by_parts.insert(parts, id);
+                        id
+                    }
+                };
+                if self.recent.len() < RECENT_COUNTERS {
+                    self.recent.push((parts, id));
+                }
                 id
             }
         };
@@ -384,6 +413,44 @@ mod tests {
             headers: &[],
         };
         AuditRecord::for_decision(d, mode, "r", &req, 0).unwrap()
+    }
+
+    #[test]
+    fn a_counter_is_one_metric_whether_found_by_address_or_by_name() {
+        let mut m = Metrics::default();
+        let mut host = Host::default();
+        // The same text at another address (as a reason code from another constant would be).
+        let copy: &'static str = String::from("allowed").leak();
+        let mut seen = Vec::new();
+        for i in 0..40 {
+            // More distinct counters than are found by address.
+            let reason: &'static str = if i % 2 == 0 { "allowed" } else { copy };
+            m.count_parts(
+                &mut host,
+                (REQUESTS, "allow", reason),
+                || tagged(REQUESTS, &[("decision", "allow"), ("reason", reason)]),
+                1,
+            );
+            let other: &'static str = format!("r{}", i % 20).leak();
+            m.count_parts(
+                &mut host,
+                (REQUESTS, "deny", other),
+                || tagged(REQUESTS, &[("decision", "deny"), ("reason", other)]),
+                1,
+            );
+            seen.push(other);
+        }
+        assert_eq!(
+            host.value("smart_fhir_edge.requests_total.decision.allow.reason.allowed"),
+            Some(40)
+        );
+        assert_eq!(
+            host.defined.len(),
+            1 + 20,
+            "one metric per distinct name, whatever the address of its parts"
+        );
+        let total: u64 = host.values.values().sum();
+        assert_eq!(total, 80, "every increment counted once");
     }
 
     #[test]

@@ -63,8 +63,15 @@ impl Hash for Word {
 
 /// `token` as a key: its length, then its bytes eight at a time.
 fn pack(token: &str) -> Vec<Word> {
+    let mut words = Vec::with_capacity(token.len() / 8 + 2);
+    pack_into(token, &mut words);
+    words
+}
+
+/// Packs `token` into `words` (cleared first; a lookup reuses one buffer instead of allocating).
+fn pack_into(token: &str, words: &mut Vec<Word>) {
     let bytes = token.as_bytes();
-    let mut words = Vec::with_capacity(bytes.len() / 8 + 2);
+    words.clear();
     words.push(Word(bytes.len() as u64));
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
@@ -78,7 +85,6 @@ fn pack(token: &str) -> Vec<Word> {
         }
         words.push(Word(u64::from_le_bytes(last)));
     }
-    words
 }
 
 /// The byte length of the token packed in `key`.
@@ -114,6 +120,8 @@ pub struct TokenCache {
     max_entries: usize,
     max_bytes: usize,
     stats: std::cell::Cell<CacheStats>,
+    /// The looked-up token, packed (reused by every lookup).
+    scratch: Vec<Word>,
 }
 
 impl Default for TokenCache {
@@ -150,6 +158,7 @@ impl TokenCache {
             max_entries: max_entries.max(1),
             max_bytes,
             stats: std::cell::Cell::new(CacheStats::default()),
+            scratch: Vec::new(),
         }
     }
 
@@ -190,7 +199,8 @@ impl TokenCache {
     /// `generation`.
     pub fn get(&mut self, token: &str, now_s: u64, generation: u64) -> Option<Rc<CachedToken>> {
         self.sync_generation(generation);
-        let key = pack(token);
+        let mut key = std::mem::take(&mut self.scratch);
+        pack_into(token, &mut key);
         let hit = match self.map.get(key.as_slice()) {
             Some(e) if now_s < e.expires_at => Some(e.value.clone()),
             Some(_) => {
@@ -203,6 +213,7 @@ impl TokenCache {
             }
             None => None,
         };
+        self.scratch = key;
         match hit {
             Some(_) => self.count(|s| s.hits += 1),
             None => self.count(|s| s.misses += 1),

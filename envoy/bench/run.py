@@ -103,7 +103,8 @@ def with_null_filter(yaml, null_wasm, name="null_wasm"):
 
 
 class Envoy:
-    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None, host_calls_wasm=None):
+    def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None, host_calls_wasm=None,
+                 ready_timeout=60):
         self.workdir = workdir
         with open(os.path.join(HERE, "envoy.yaml")) as f:
             yaml = f.read()
@@ -128,7 +129,7 @@ class Envoy:
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.admin = None
         self.ports = {}
-        deadline = time.time() + 60
+        deadline = time.time() + ready_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("Envoy exited:\n" + self.read_log())

@@ -55,6 +55,11 @@ impl MetricHost for HostMetrics {
     }
 }
 
+/// Writes an info line to Envoy's log as it is (no formatting on the way).
+pub fn log_info(line: &str) {
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Info, line);
+}
+
 /// Sets a filter-state property of the current stream (Envoy stores it as `wasm.<name>`).
 pub fn set_filter_state(name: &str, value: &str) {
     if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
@@ -131,12 +136,80 @@ pub fn property_int(path: &[&str]) -> Option<i64> {
     Some(i64::from_le_bytes(raw))
 }
 
-pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+// The SDK's `get_map` and `get_map_value` panic on a header value that is not UTF-8 (which any
+// client can send: Envoy passes obs-text bytes), so header maps are read through the ABI here and
+// decoded by `crate::header_map`, which does not.
+#[allow(clashing_extern_declarations)]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
+/// `Status::Ok` in the proxy-wasm ABI.
+const ABI_OK: u32 = 0;
+/// `Status::NotFound` in the proxy-wasm ABI.
+const ABI_NOT_FOUND: u32 = 1;
+
+/// Takes ownership of a buffer the host allocated in this module's memory (through the SDK's
+/// `proxy_on_memory_allocate`, a `Vec<u8>` of exactly `size` bytes).
+fn host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the host wrote `size` bytes into memory it obtained from `proxy_on_memory_allocate`,
+    // which allocates them as a `Vec<u8>` with capacity `size` and leaks it for the host: this
+    // takes the allocation back once (as the SDK's own readers do).
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// The request headers in order (names lowercase, as Envoy gives them), or `None` when the host
+/// does not give a readable map (the request is then refused).
+#[inline(never)]
+pub fn request_headers() -> Option<Vec<(String, String)>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: both out-pointers point to live locals; the host writes a pointer and a size.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    let bytes = host_buffer(data, size);
+    if status != ABI_OK {
+        log::warn!("smart-fhir-edge: cannot read the request headers (status {status})");
+        return None;
+    }
+    match crate::header_map::decode(&bytes) {
+        Ok(pairs) => Some(pairs),
+        Err(e) => {
+            log::warn!("smart-fhir-edge: the host's request header map is malformed: {e:?}");
+            None
+        }
+    }
+}
+
+/// The value of a header (invalid UTF-8 replaced), `None` when absent or unreadable.
+#[inline(never)]
 pub fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value(map, name).ok().flatten()
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the key is a live `&str` of `name.len()` bytes; both out-pointers point to live locals.
+    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    let bytes = host_buffer(data, size);
+    match status {
+        ABI_OK => Some(crate::header_map::value_text(bytes)),
+        ABI_NOT_FOUND => None,
+        other => {
+            log::debug!("smart-fhir-edge: cannot read header {name} (status {other})");
+            None
+        }
+    }
 }
 
 pub fn set_header(map: MapType, name: &str, value: &str) {

@@ -287,7 +287,7 @@ impl Stream {
                     // The token's facts are forwarded when it verified (they are true); inbound
                     // x-smart-* headers were removed before the decision, as always.
                     if let Some(claims) = &facts.claims {
-                        for (name, value) in verified_headers(claims) {
+                        for (name, value) in verified_headers(claims, config.forward_headers) {
                             host::set_header(MapType::HttpRequestHeaders, name, &value);
                         }
                     }
@@ -475,13 +475,17 @@ impl Stream {
         if upstream_status.is_some() {
             record.upstream_status = upstream_status;
         }
-        let json = record.to_json();
-        host::set_filter_state(FILTER_STATE_PROPERTY, &json);
+        // One string serves both outputs: the log line, and its JSON part for the filter state.
+        let line = record.log_line();
+        host::set_filter_state(
+            FILTER_STATE_PROPERTY,
+            line.get(LOG_PREFIX.len()..).unwrap_or_default(),
+        );
         let Some(vm) = &self.vm else { return };
         // Never re-entered in practice (Envoy sends local replies after the VM call returns); if the
         // VM state were busy, the record is still logged rather than lost or a panic risked.
         let Ok(mut v) = vm.try_borrow_mut() else {
-            log::info!("{LOG_PREFIX}{json}");
+            host::log_info(&line);
             return;
         };
         if uncounted {
@@ -489,7 +493,7 @@ impl Stream {
         }
         let config = v.engine.config().clone();
         if config.audit.log {
-            log::info!("{LOG_PREFIX}{json}");
+            host::log_info(&line);
         }
         if let (Some(sink), Some(queue)) = (&config.audit.audit_event, v.audit_queue.as_mut()) {
             queue.push(audit_event(&record, &sink.observer));
@@ -651,7 +655,8 @@ impl Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let mut kept = host::request_headers();
+        // Unreadable (logged): decided as a request without headers, which is refused (no method).
+        let mut kept = host::request_headers().unwrap_or_default();
         // Inbound x-smart-* headers are removed from every request: only this filter sets them.
         kept.retain(|(name, _)| {
             let forwarded = is_forwarded_header(name);

@@ -181,6 +181,7 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         audit: Default::default(),
         revocation: Default::default(),
         anomaly_brake: None,
+        forward_headers: crate::config::ForwardHeaders::DEFAULT,
     }
 }
 

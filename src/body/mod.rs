@@ -205,6 +205,7 @@ pub(crate) mod fixtures {
             audit: Default::default(),
             revocation: Default::default(),
             anomaly_brake: None,
+            forward_headers: crate::config::ForwardHeaders::DEFAULT,
         }
     }
 

@@ -195,10 +195,12 @@ fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>
     }
     let mut headers = Vec::new();
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
+        // Header values may carry obs-text bytes (not UTF-8): read as bytes, kept with U+FFFD.
+        let mut raw = Vec::new();
+        if reader.read_until(b'\n', &mut raw).ok()? == 0 {
             return None;
         }
+        let line = String::from_utf8_lossy(&raw).into_owned();
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             break;

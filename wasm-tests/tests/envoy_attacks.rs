@@ -719,3 +719,63 @@ fn request_attacks_are_refused_and_reach_nothing() {
     let auth = bearer(&token(&claims("patient/*.cruds", Some("123"))));
     run(request_attacks(&auth));
 }
+
+/// A raw GET with extra header lines (bytes as they are: not necessarily UTF-8).
+fn get_raw_headers(port: u16, path: &str, lines: &[&[u8]]) -> http1::Response {
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n").into_bytes();
+    for line in lines {
+        head.extend_from_slice(line);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    http1::send_raw(port, &[&head], Duration::from_millis(0))
+}
+
+#[test]
+fn header_values_that_are_not_utf8_neither_stop_the_filter_nor_get_through_unchecked() {
+    // Envoy passes obs-text bytes (0x80-0xff) in header values; the proxy-wasm SDK's own header
+    // reader panics on them, which stopped the VM (every later request 503) before the adapter read
+    // header maps itself.
+    let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
+    let envoy = envoy(&plugin_config(), &up, idp.port());
+    let auth = bearer(&token(&claims("patient/*.rs", Some("123"))));
+    assert_eq!(
+        envoy.get("/fhir/Patient/123", &[("authorization", &auth)]).status,
+        200
+    );
+    let created = vms_created(&envoy);
+    let auth_line = format!("authorization: {auth}");
+
+    // A Latin-1 value in an unrelated header: decided as usual, allowed, forwarded.
+    let before = up.request_count();
+    let r = get_raw_headers(
+        envoy.port,
+        "/fhir/Patient/123",
+        &[auth_line.as_bytes(), b"x-name: caf\xe9"],
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(up.request_count(), before + 1);
+
+    // A spoofed x-smart-* header with such bytes is removed like any other.
+    let r = get_raw_headers(
+        envoy.port,
+        "/fhir/Patient/123",
+        &[auth_line.as_bytes(), b"x-smart-patient: 4\xff56"],
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = up.requests().last().cloned().expect("forwarded");
+    assert_eq!(seen.header("x-smart-patient"), Some("123"), "{seen:?}");
+
+    // Such bytes in the token itself: refused as an invalid request or token, nothing forwarded.
+    let before = up.request_count();
+    let r = get_raw_headers(
+        envoy.port,
+        "/fhir/Patient/123",
+        &[b"authorization: Bearer abc\xff.def.ghi"],
+    );
+    assert!(matches!(r.status, 400 | 401), "{} {}", r.status, r.body_str());
+    assert!(r.body_str().contains("OperationOutcome"), "{}", r.body_str());
+    assert_eq!(up.request_count(), before, "nothing reached the upstream");
+
+    assert_healthy(&envoy, &up, &auth, created, "non-UTF-8 header values");
+}

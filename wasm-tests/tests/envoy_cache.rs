@@ -72,7 +72,18 @@ fn http_date(unix: u64) -> String {
 
 fn start() -> (Idp, Server, Envoy) {
     let (idp, up) = (Idp::start(default_jwks()), cacheable_upstream());
-    let yaml = with_plugin_config(&config_file("cache.yaml"), &plugin_config());
+    // The cache keys on x-smart-identity, which is forwarded only when asked for.
+    let mut config = plugin_config();
+    config["forward_headers"] = serde_json::json!([
+        "x-smart-patient",
+        "x-smart-scope",
+        "x-smart-client-id",
+        "x-smart-sub",
+        "x-smart-fhir-user",
+        "x-smart-encounter",
+        "x-smart-identity"
+    ]);
+    let yaml = with_plugin_config(&config_file("cache.yaml"), &config);
     let envoy = Envoy::start(&yaml, up.port(), idp.port());
     (idp, up, envoy)
 }
