@@ -10,9 +10,10 @@ token cache), counts the instructions Envoy executed for them (all threads; V8's
 included), and reports instructions per request and the ratios. A is measured again at the end:
 the two A rows show the method's repeatability.
 
-Instruction counts are a proxy for CPU time (a cache miss or a syscall costs more than its
-instructions), but at this workload, where everything is in cache, their ratios track the wrk
-throughput ratios of run.py closely (see envoy/bench/README.md).
+Instruction counts are a proxy for CPU time, not a measure of it: for A, W, H and C (the same kind
+of work: Envoy, V8 and the filter) their ratios tracked run.py's wrk ratios (C/A 0.62 here against
+0.61 with wrk, same build); jwt_authn's RSA arithmetic runs at a much higher rate of instructions
+per cycle, so B's instruction count overstates its time (B/A 0.41 here against 0.67 with wrk).
 
   envoy/bench/instructions.py --envoy .venv/bin/envoy --wasm target/wasm32-wasip1/release/smart_fhir_edge.wasm \
       --null-wasm target/bench/null-filter.wasm --host-calls-wasm target/bench/host-calls.wasm \
@@ -124,7 +125,8 @@ def main():
         "",
         f"Envoy 1.40 (`--concurrency 1`) under valgrind callgrind; {args.requests} requests per listener with "
         "one RS256 token over one keep-alive connection (C answers from its token cache); all of Envoy's "
-        "threads counted. Deterministic: the same build gives the same counts within about 1%.",
+        "threads counted. Deterministic: the same build gives the same counts within about 1%. A proxy of "
+        "CPU time: it overstates B (BoringSSL's RSA runs many instructions per cycle).",
         "",
         "| listener | instructions/request | over A | throughput ratio to A (A/x) |",
         "|---|---:|---:|---:|",
