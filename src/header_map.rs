@@ -45,6 +45,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(String, String)>, MapError> {
 
 /// A single header value as the host returns it (no terminator), as text.
 pub fn value_text(bytes: Vec<u8>) -> String {
+    // Checked as it is first (the fast path for the usual ASCII headers), replaced only if needed.
     match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -67,11 +68,7 @@ fn entry(bytes: &[u8], at: usize, len: usize) -> Result<(&[u8], usize), MapError
 }
 
 fn text(bytes: &[u8]) -> String {
-    // Checked first as it is (the fast path for the usual ASCII headers), replaced only if needed.
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+    value_text(bytes.to_vec())
 }
 
 /// Encodes pairs as the host does (for tests and the host emulator).

@@ -174,7 +174,6 @@ fn host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
 
 /// The request headers in order (names lowercase, as Envoy gives them), or `None` when the host
 /// does not give a readable map (the request is then refused).
-#[inline(never)]
 pub fn request_headers() -> Option<Vec<(String, String)>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
@@ -195,7 +194,6 @@ pub fn request_headers() -> Option<Vec<(String, String)>> {
 }
 
 /// The value of a header (invalid UTF-8 replaced), `None` when absent or unreadable.
-#[inline(never)]
 pub fn header(map: MapType, name: &str) -> Option<String> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
