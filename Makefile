@@ -171,7 +171,7 @@ bench: build envoy bench-inputs
 	@# Deterministic: Wasm instructions (fuel) and host calls per request kind, in the host emulator.
 	SMART_FHIR_EDGE_WASM=$(ROOT)/$(WASM) cargo run -q -p wasm-tests --example request_cost | tee $(BENCH_DIR)/request_cost.md
 	python3 envoy/bench/run.py --envoy $(ENVOY) --wasm $(WASM) --null-wasm $(BENCH_DIR)/null-filter.wasm \
-	  --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
+	  --host-calls-wasm $(BENCH_DIR)/host-calls.wasm --read-headers-wasm $(BENCH_DIR)/read-headers.wasm \
 	  --tokens $(BENCH_DIR)/tokens.txt --fresh-tokens $(BENCH_DIR)/tokens-fresh.txt \
 	  --duration $(BENCH_DURATION) --rounds $(BENCH_ROUNDS) \
 	  --micro $(BENCH_DIR)/micro.md --out $(BENCH_DIR)/results.md --json $(BENCH_DIR)/results.json
@@ -182,9 +182,10 @@ bench-ir: build envoy bench-inputs
 	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	python3 envoy/bench/instructions.py --envoy $(ENVOY) --wasm $(WASM) \
 	  --null-wasm $(BENCH_DIR)/null-filter.wasm --host-calls-wasm $(BENCH_DIR)/host-calls.wasm \
+	  --read-headers-wasm $(BENCH_DIR)/read-headers.wasm \
 	  --tokens $(BENCH_DIR)/tokens.txt --out $(BENCH_DIR)/instructions.md
 
-# Tokens (minted again once older than an hour: they are valid for two) and the two reference modules.
+# Tokens (minted again once older than an hour: they are valid for two) and the three reference modules.
 bench-inputs:
 	@mkdir -p $(BENCH_DIR)
 	@if [ -z "$$(find $(BENCH_DIR)/tokens.txt -mmin -60 2>/dev/null)" ]; then \
@@ -195,6 +196,7 @@ bench-inputs:
 	  $(MINT) tokens 100000 patient ES256 > $(BENCH_DIR)/tokens.tmp && mv $(BENCH_DIR)/tokens.tmp $(BENCH_DIR)/tokens-fresh.txt; fi
 	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/null-filter.wat $(BENCH_DIR)/null-filter.wasm
 	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/host-calls.wat $(BENCH_DIR)/host-calls.wasm
+	cargo run -q -p wasm-tests --example wat2wasm -- envoy/bench/read-headers.wat $(BENCH_DIR)/read-headers.wasm
 
 # ---- the main job ------------------------------------------------------------------------------
 demo: build envoy

@@ -119,6 +119,9 @@ pub struct Config {
     pub anomaly_brake: Option<crate::brake::BrakeConfig>,
     /// Which verified facts go upstream as `x-smart-*` headers.
     pub forward_headers: ForwardHeaders,
+    /// Whether every response carries `x-smart-fhir-edge: <version>` (off by default: a version on
+    /// every response tells scanners what runs, and each stamp is a header write).
+    pub version_header: bool,
 }
 
 /// The `x-smart-*` headers a verified token's facts may be forwarded in, in the order they are
@@ -412,6 +415,7 @@ struct RawConfig {
     revocation: Option<RawRevocation>,
     anomaly_brake: Option<crate::brake::RawBrake>,
     forward_headers: Option<Vec<String>>,
+    version_header: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -746,6 +750,7 @@ impl RawConfig {
                 .map(|names| ForwardHeaders::parse(&names, "forward_headers"))
                 .transpose()?
                 .unwrap_or_default(),
+            version_header: self.version_header.unwrap_or(false),
         })
     }
 }
@@ -1206,6 +1211,7 @@ mod tests {
             }),
             ("response_denial", |v| v["response_denial"] = "hide".into()),
             ("body_checks", |v| v["body_checks"] = "yes".into()),
+            ("version_header", |v| v["version_header"] = 1.into()),
         ];
         for (field, edit) in cases {
             let mut v = minimal();
@@ -1333,6 +1339,14 @@ mod tests {
             let e = parse(&v).unwrap_err();
             assert!(e.to_string().contains("forward_headers"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_version_header_is_off_unless_asked_for() {
+        assert!(!parse(&minimal()).unwrap().version_header);
+        let mut v = minimal();
+        v["version_header"] = true.into();
+        assert!(parse(&v).unwrap().version_header);
     }
 
     #[test]

@@ -31,5 +31,5 @@ pub mod token_cache;
 
 pub mod adapter;
 
-/// Version stamped on every response (`x-smart-fhir-edge`).
+/// This build's version: logged at start, and stamped on responses as `x-smart-fhir-edge` when `version_header` asks.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -138,6 +138,10 @@ pub struct Metrics {
     /// The counters used most recently, found by the addresses of their static parts before any
     /// hashing (a request's four counters are nearly always the previous request's).
     recent: Vec<(NameParts, Option<u32>)>,
+    /// Per-request counter increments not yet handed to the host, one entry per counter id: a
+    /// host call costs Envoy thousands of instructions, so they go out together on the next
+    /// [`Metrics::flush`] (the adapter's tick, every 100 ms) instead of four per request.
+    pending: Vec<(u32, u64)>,
 }
 
 /// How many counters [`Metrics`] finds by address.
@@ -196,7 +200,8 @@ impl Metrics {
         }
     }
 
-    /// Adds `delta` to the counter `name()`, known by its static `parts` after the first time.
+    /// Adds `delta` to the counter `name()`, known by its static `parts` after the first time. The
+    /// counter is defined at once; the increment reaches the host at the next [`Metrics::flush`].
     fn count_parts(
         &mut self,
         host: &mut dyn MetricHost,
@@ -230,8 +235,23 @@ impl Metrics {
             }
         };
         if let Some(id) = id {
+            match self.pending.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, d)) => *d = d.saturating_add(delta),
+                None => self.pending.push((id, delta)),
+            }
+        }
+    }
+
+    /// Hands the counted-but-unsent increments to the host (one call per counter that moved).
+    pub fn flush(&mut self, host: &mut dyn MetricHost) {
+        for (id, delta) in self.pending.drain(..) {
             host.increment(id, delta);
         }
+    }
+
+    /// Whether increments wait for [`Metrics::flush`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Sets a gauge.
@@ -440,6 +460,7 @@ mod tests {
             );
             seen.push(other);
         }
+        m.flush(&mut host);
         assert_eq!(
             host.value("smart_fhir_edge.requests_total.decision.allow.reason.allowed"),
             Some(40)
@@ -451,6 +472,56 @@ mod tests {
         );
         let total: u64 = host.values.values().sum();
         assert_eq!(total, 80, "every increment counted once");
+    }
+
+    #[test]
+    fn request_counters_reach_the_host_together_at_the_flush_one_call_per_counter() {
+        struct Calls(Host, usize);
+        impl MetricHost for Calls {
+            fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+                self.0.define(kind, name)
+            }
+            fn increment(&mut self, id: u32, delta: u64) {
+                self.1 += 1;
+                self.0.increment(id, delta);
+            }
+            fn record(&mut self, id: u32, value: u64) {
+                self.0.record(id, value);
+            }
+        }
+        let mut host = Calls(Host::default(), 0);
+        let mut m = Metrics::default();
+        let facts = Facts {
+            interaction: Some("read"),
+            token_hash: Some("ab".into()),
+            cache_hit: true,
+            token_source: Some(crate::decision::TokenSource::Jwt),
+            ..Facts::default()
+        };
+        let d = Decision::Deny(Denial::MissingToken, Box::new(facts));
+        for _ in 0..100 {
+            m.on_decision(&mut host, &record_for(&d, Mode::Enforce));
+        }
+        assert_eq!(host.1, 0, "no increment per request");
+        assert!(m.has_pending());
+        assert_eq!(
+            host.0.value(TOKEN_CACHE_HITS),
+            Some(0),
+            "defined at once, counted later"
+        );
+        m.flush(&mut host);
+        assert_eq!(host.1, 4, "one increment per counter that moved");
+        assert!(!m.has_pending());
+        for name in [
+            "smart_fhir_edge.requests_total.decision.deny.reason.missing_token",
+            "smart_fhir_edge.interactions_total.interaction.read",
+            TOKEN_CACHE_HITS,
+            "smart_fhir_edge.token_checks_total.token_source.jwt",
+        ] {
+            assert_eq!(host.0.value(name), Some(100), "{name}");
+        }
+        m.flush(&mut host);
+        assert_eq!(host.1, 4, "nothing left to send");
     }
 
     #[test]
@@ -513,6 +584,7 @@ mod tests {
             let r = record_for(d, mode);
             m.on_decision(&mut host, &r);
         }
+        m.flush(&mut host);
         let table = [
             (
                 "smart_fhir_edge.requests_total.decision.deny.reason.missing_token",
@@ -582,6 +654,7 @@ mod tests {
             let d = Decision::Deny(Denial::MissingToken, Box::new(facts));
             m.on_decision(&mut host, &record_for(&d, Mode::Enforce));
         }
+        m.flush(&mut host);
         m.on_introspection(&mut host, "inactive");
         let table = [
             ("smart_fhir_edge.token_checks_total.token_source.jwt", 1),

@@ -3,8 +3,8 @@
 
 Wall-clock throughput on a shared 2-core machine moves with everything else running; the number of
 instructions Envoy executes per request does not. This runs the same Envoy and listeners as run.py
-(A no auth, W null Wasm, H the filter's host calls only, B jwt_authn, B' jwt_authn + cache, C this
-filter; one worker) under valgrind's callgrind, sends `--requests` requests with one RS256 token
+(A no auth, W null Wasm, R a Wasm module only reading the request headers, H the filter's host calls
+only, B jwt_authn, B' jwt_authn + cache, C this filter; one worker) under valgrind's callgrind, sends `--requests` requests with one RS256 token
 over one keep-alive connection to each listener in turn (after a warm-up, so C answers from its
 token cache), counts the instructions Envoy executed for them (all threads; V8's generated code
 included), and reports instructions per request and the ratios. A is measured again at the end:
@@ -17,7 +17,7 @@ per cycle, so B's instruction count overstates its time (B/A 0.41 here against 0
 
   envoy/bench/instructions.py --envoy .venv/bin/envoy --wasm target/wasm32-wasip1/release/smart_fhir_edge.wasm \
       --null-wasm target/bench/null-filter.wasm --host-calls-wasm target/bench/host-calls.wasm \
-      --tokens target/bench/tokens.txt --out target/bench/instructions.md [--requests 300]
+      --read-headers-wasm target/bench/read-headers.wasm --tokens target/bench/tokens.txt --out target/bench/instructions.md [--requests 300]
 """
 
 import argparse
@@ -34,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
-ORDER = [("A", "no_auth"), ("W", "null_wasm"), ("H", "host_calls_wasm"), ("B", "jwt_authn"),
+ORDER = [("A", "no_auth"), ("W", "null_wasm"), ("R", "read_headers_wasm"), ("H", "host_calls_wasm"), ("B", "jwt_authn"),
          ("B'", "jwt_authn_cached"), ("C", "smart_fhir_edge"), ("A", "no_auth")]
 
 
@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--wasm", required=True)
     ap.add_argument("--null-wasm", required=True)
     ap.add_argument("--host-calls-wasm", required=True)
+    ap.add_argument("--read-headers-wasm", required=True)
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--requests", type=int, default=300)
@@ -73,7 +74,8 @@ def main():
     os.chmod(wrapper, 0o755)
     run.log("starting Envoy under callgrind (about 20 s)")
     envoy = run.Envoy(wrapper, args.wasm, workdir, null_wasm=args.null_wasm,
-                      host_calls_wasm=args.host_calls_wasm, ready_timeout=300)
+                      host_calls_wasm=args.host_calls_wasm, ready_timeout=300,
+                      read_headers_wasm=args.read_headers_wasm)
     pid = envoy.proc.pid
     rows = []
     try:
@@ -137,7 +139,9 @@ def main():
         "",
         f"Ratios (instruction-count proxy of throughput): C/A **{a / value['C']:.2f}**, "
         f"C/B **{value['B'] / value['C']:.2f}**, C/B' {b_cached / value['C']:.2f}, "
-        f"B/A {a / value['B']:.2f}. Split of C over A: Wasm machinery (W - A) {value['W'] - a:+,.0f}, "
+        f"B/A {a / value['B']:.2f}; R/A {a / value['R']:.2f} (the floor of any authorizing Wasm filter: it "
+        f"only reads the request headers, {value['R'] - value['W']:+,.0f} over W). "
+        f"Split of C over A: Wasm machinery (W - A) {value['W'] - a:+,.0f}, "
         f"Envoy's side of the filter's host calls (H - W) {value['H'] - value['W']:+,.0f}, the filter's own "
         f"Wasm execution (C - H) {value['C'] - value['H']:+,.0f}.",
         "",

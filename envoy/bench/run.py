@@ -90,7 +90,9 @@ def with_null_filter(yaml, null_wasm, name="null_wasm"):
     """Adds listener `name` (W): listener C with a Wasm module that does nothing instead of this
     filter (envoy/bench/null-filter.wat), so W - A is the cost of Envoy's Wasm machinery itself.
     Also used for listener H (`host_calls_wasm`, envoy/bench/host-calls.wat), which makes only the
-    host calls of C's cache hit: H - W is Envoy's side of those calls, C - H the filter's own work."""
+    host calls of C's cache hit: H - W is Envoy's side of those calls, C - H the filter's own work;
+    and for listener R (`read_headers_wasm`, envoy/bench/read-headers.wat), which only reads the
+    request headers: the floor of any authorizing filter."""
     start = yaml.index("  - name: smart_fhir_edge\n")
     end = yaml.index("  clusters:\n")
     block = yaml[start:end]
@@ -104,7 +106,7 @@ def with_null_filter(yaml, null_wasm, name="null_wasm"):
 
 class Envoy:
     def __init__(self, envoy_bin, wasm, workdir, second_wasm=None, null_wasm=None, host_calls_wasm=None,
-                 ready_timeout=60):
+                 ready_timeout=60, read_headers_wasm=None):
         self.workdir = workdir
         with open(os.path.join(HERE, "envoy.yaml")) as f:
             yaml = f.read()
@@ -116,6 +118,8 @@ class Envoy:
             yaml = with_null_filter(yaml, null_wasm)
         if host_calls_wasm:
             yaml = with_null_filter(yaml, host_calls_wasm, "host_calls_wasm")
+        if read_headers_wasm:
+            yaml = with_null_filter(yaml, read_headers_wasm, "read_headers_wasm")
         yaml = yaml.replace(WASM_PLACEHOLDER, f"filename: {os.path.abspath(wasm)}")
         config = os.path.join(workdir, "envoy.yaml")
         with open(config, "w") as f:
@@ -233,7 +237,7 @@ def sanity(envoy, token, skip=()):
         port = envoy.ports[name]
         ok, _ = http_get(port, PATH, {"Authorization": f"Bearer {token}"})
         none, _ = http_get(port, PATH)
-        want_none = 200 if label in ("A", "W", "H") else 401
+        want_none = 200 if label in ("A", "W", "R", "H") else 401
         if ok != 200 or none != want_none:
             raise RuntimeError(f"{name}: with token {ok} (want 200), without {none} (want {want_none})\n"
                                + envoy.read_log())
@@ -281,15 +285,19 @@ def main():
                     "(same policy, own VM) next to C: for before/after comparisons")
     ap.add_argument("--unchecked-compare", action="store_true",
                     help="do not require C0 to refuse requests without a token (experimental builds)")
-    ap.add_argument("--listeners", help="comma-separated subset of A,W,H,B,B',C,C0 to measure (all by default)")
+    ap.add_argument("--listeners", help="comma-separated subset of A,W,R,H,B,B',C,C0 to measure (all by default)")
     ap.add_argument("--workloads", default="same,distinct,fresh", help="comma-separated subset")
     ap.add_argument("--null-wasm", help="a Wasm module that does nothing (null-filter.wat compiled), "
                     "measured as listener W: the floor of any Wasm filter")
     ap.add_argument("--host-calls-wasm", help="a Wasm module making only the host calls of C's cache hit "
                     "(host-calls.wat compiled), measured as listener H next to W and C")
+    ap.add_argument("--read-headers-wasm", help="a Wasm module that only reads the request headers "
+                    "(read-headers.wat compiled), measured as listener R: the floor of an authorizing filter")
     args = ap.parse_args()
     if args.host_calls_wasm:
         LISTENERS.insert(1, ("H", "host_calls_wasm", "Wasm filter making only C's host calls"))
+    if args.read_headers_wasm:
+        LISTENERS.insert(1, ("R", "read_headers_wasm", "Wasm filter only reading the request headers"))
     if args.null_wasm:
         LISTENERS.insert(1, ("W", "null_wasm", "Wasm filter doing nothing"))
     if args.compare_wasm:
@@ -315,11 +323,12 @@ def main():
     wasm_size = os.path.getsize(args.wasm)
     log(f"bench: Envoy {version}; {nproc} CPUs ({model}); load {load_before}; module {wasm_size} bytes")
 
-    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm, args.null_wasm, args.host_calls_wasm)
+    envoy = Envoy(args.envoy, args.wasm, workdir, args.compare_wasm, args.null_wasm, args.host_calls_wasm,
+                  read_headers_wasm=args.read_headers_wasm)
     results = {}  # (workload, label) -> list of runs
     memory = {}
     try:
-        sanity(envoy, tokens[0], skip=tuple(l for l, _, _ in LISTENERS if l not in ("A", "W", "H", "B", "B'", "C")) if args.unchecked_compare else ())
+        sanity(envoy, tokens[0], skip=tuple(l for l, _, _ in LISTENERS if l not in ("A", "W", "R", "H", "B", "B'", "C")) if args.unchecked_compare else ())
         url = lambda name: f"http://127.0.0.1:{envoy.ports[name]}{PATH}"
         workloads = [("same", "same token on every request"),
                      ("distinct", f"{args.distinct:,} distinct tokens in rotation (RS256)")]
@@ -399,8 +408,13 @@ def main():
             load cancels out)."""
             xs, ys = results.get((workload, x), []), results.get((workload, y), [])
             return statistics.median(a[key] / b[key] for a, b in zip(xs, ys))
+        def spread(x, y, key):
+            """The lowest and highest per-round x/y: how far one round can be from the median."""
+            xs, ys = results.get((workload, x), []), results.get((workload, y), [])
+            r = [a[key] / b[key] for a, b in zip(xs, ys)]
+            return f"{min(r):.2f}–{max(r):.2f}" if r else "–"
         labels = [l for l, _, _ in measured]
-        pairs = [(x, y) for x, y in [("W", "A"), ("H", "W"), ("B", "A"), ("C", "A"), ("C", "W"), ("C", "H"), ("C", "B"),
+        pairs = [(x, y) for x, y in [("W", "A"), ("R", "A"), ("H", "W"), ("B", "A"), ("C", "A"), ("C", "W"), ("C", "H"), ("C", "B"),
                                         ("C", "B'"), ("C", "C0")]
                  if x in labels and y in labels]
         lines.append("")
@@ -410,6 +424,7 @@ def main():
             for key, title in [("rps", "req/s"), ("p50", "p50 latency"), ("p99", "p99 latency"),
                                ("cpu_us", "Envoy CPU per request")]:
                 lines.append(f"| {title} | " + " | ".join(f"{paired(x, y, key):.2f}" for x, y in pairs) + " |")
+            lines.append(f"| req/s, lowest–highest round | " + " | ".join(spread(x, y, "rps") for x, y in pairs) + " |")
             lines.append("")
             if "A" in labels:
                 cost = {l: statistics.median(a["cpu_us"] - b["cpu_us"] for a, b in

@@ -69,6 +69,8 @@ pub struct StreamState {
     pub uncounted: bool,
     /// The token whose introspection callout this stream sent, until its answer arrives.
     pub introspection_sent: Option<TokenKey>,
+    /// Responses carry `x-smart-fhir-edge: <version>` (`version_header`).
+    pub version_header: bool,
 }
 
 /// Where a request stands in this filter.
@@ -138,8 +140,13 @@ fn format_param(path: &str) -> Option<String> {
 
 impl Stream {
     pub fn new(context_id: u32, vm: Option<SharedVm>) -> Stream {
+        let version_header = vm
+            .as_ref()
+            .and_then(|v| v.try_borrow().ok().map(|v| v.engine.config().version_header))
+            .unwrap_or(false);
         let state = StreamState {
             context_id,
+            version_header,
             ..Default::default()
         };
         Stream {
@@ -157,10 +164,10 @@ impl Stream {
             .with_request_id(state.request_id())
             .render(format);
         let retry = r.retry_after.map(|s| s.to_string());
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("content-type", format.content_type()),
-            ("x-smart-fhir-edge", crate::VERSION),
-        ];
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", format.content_type())];
+        if state.version_header {
+            headers.push(("x-smart-fhir-edge", crate::VERSION));
+        }
         if let Some(w) = &r.www_authenticate {
             headers.push(("www-authenticate", w));
         }
@@ -303,14 +310,12 @@ impl Stream {
                 } else {
                     r.body.into_bytes()
                 };
-                host::send_reply(
-                    r.status,
-                    &[
-                        ("content-type", r.content_type),
-                        ("x-smart-fhir-edge", crate::VERSION),
-                    ],
-                    &body,
-                );
+                let stamp = [
+                    ("content-type", r.content_type),
+                    ("x-smart-fhir-edge", crate::VERSION),
+                ];
+                let headers = if s.version_header { &stamp[..] } else { &stamp[..1] };
+                host::send_reply(r.status, headers, &body);
                 Action::Pause
             }
             Decision::AwaitKeys {
@@ -611,15 +616,20 @@ impl Stream {
             ResponseVerdict::Replace(body) if at_trailers => {
                 // The body buffer is not writable here: answer anew with the filtered body.
                 let content_type = held.content_type.as_deref().unwrap_or("application/fhir+json");
-                self.state.borrow_mut().replied_locally = true;
-                host::send_reply(
-                    held.status,
-                    &[
-                        ("content-type", content_type),
-                        ("x-smart-fhir-edge", crate::VERSION),
-                    ],
-                    body.as_bytes(),
-                );
+                let stamp = [
+                    ("content-type", content_type),
+                    ("x-smart-fhir-edge", crate::VERSION),
+                ];
+                let headers = {
+                    let mut s = self.state.borrow_mut();
+                    s.replied_locally = true;
+                    if s.version_header {
+                        &stamp[..]
+                    } else {
+                        &stamp[..1]
+                    }
+                };
+                host::send_reply(held.status, headers, body.as_bytes());
                 self.write_audit(Some(held.status), true, None);
                 Action::Pause
             }
@@ -725,7 +735,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        host::set_header(MapType::HttpResponseHeaders, "x-smart-fhir-edge", crate::VERSION);
+        if self.state.borrow().version_header {
+            host::set_header(MapType::HttpResponseHeaders, "x-smart-fhir-edge", crate::VERSION);
+        }
         let status: u16 = host::header(MapType::HttpResponseHeaders, ":status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -793,7 +805,9 @@ impl HttpContext for Stream {
             }
             let mut refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             refs.push(("content-type", format.content_type()));
-            refs.push(("x-smart-fhir-edge", crate::VERSION));
+            if s.version_header {
+                refs.push(("x-smart-fhir-edge", crate::VERSION));
+            }
             s.replied_locally = true;
             host::send_reply(status, &refs, body.as_bytes());
             return Action::Pause;

@@ -466,6 +466,16 @@ fn response_status() -> u16 {
 }
 
 impl Context for Root {
+    /// The VM is going away: the counts not yet sent go out.
+    fn on_done(&mut self) -> bool {
+        if let Some(vm) = &self.vm {
+            if let Ok(mut v) = vm.try_borrow_mut() {
+                v.metrics.flush(&mut HostMetrics);
+            }
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -671,6 +681,12 @@ impl RootContext for Root {
                 );
             }
         }
+        // A reconfiguration replaces the VM state: its counts not yet sent go out first.
+        if let Some(old) = &self.vm {
+            if let Ok(mut v) = old.try_borrow_mut() {
+                v.metrics.flush(&mut HostMetrics);
+            }
+        }
         let mut metrics = Metrics::default();
         metrics.predefine(&mut HostMetrics, c.providers.len(), c.audit.audit_event.is_some());
         let audit_queue = c.audit.audit_event.as_ref().map(AuditQueue::new);
@@ -715,6 +731,7 @@ impl RootContext for Root {
             }
             Root::flush_audit_events(&mut v, now);
             Root::set_key_ages(&mut v, now);
+            v.metrics.flush(&mut HostMetrics);
         }
         self.wake_waiters(&vm);
         expire_introspection_waiters(&vm, self.context_id);

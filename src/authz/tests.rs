@@ -182,6 +182,7 @@ fn config(unconstrained_search: UnconstrainedSearch, operations: Vec<OperationRu
         revocation: Default::default(),
         anomaly_brake: None,
         forward_headers: crate::config::ForwardHeaders::DEFAULT,
+        version_header: false,
     }
 }
 

@@ -206,6 +206,7 @@ pub(crate) mod fixtures {
             revocation: Default::default(),
             anomaly_brake: None,
             forward_headers: crate::config::ForwardHeaders::DEFAULT,
+            version_header: false,
         }
     }
 

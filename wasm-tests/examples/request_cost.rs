@@ -288,6 +288,7 @@ fn main() -> anyhow::Result<()> {
     // its computation (envoy/bench/host-calls.wat).
     for (name, file) in [
         ("null filter", "envoy/bench/null-filter.wat"),
+        ("request headers read only", "envoy/bench/read-headers.wat"),
         ("host calls of a cache hit only", "envoy/bench/host-calls.wat"),
     ] {
         let text = std::fs::read_to_string(workspace_root().join(file))?;

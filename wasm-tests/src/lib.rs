@@ -43,6 +43,10 @@ pub use stream::Stream;
 pub use types::{Headers, LogEntry, LogSource, Outcome, Property, Response, ResponseOrigin, UpstreamRequest};
 pub use vm::{Vm, VmConfig};
 
+/// The filter's tick period: request counters reach the host's metrics on each tick (they are
+/// batched, not sent per request), so a test reads them after advancing the clock this far.
+pub const FILTER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why the harness cannot run the module at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HarnessError {

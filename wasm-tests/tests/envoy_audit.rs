@@ -82,8 +82,10 @@ fn prometheus_samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)
     out
 }
 
-/// A sample's value, `None` when the series is absent.
+/// A sample's value, `None` when the series is absent. Scraped two filter ticks after the call:
+/// the request counters reach Envoy on the filter's tick, not with each request.
 fn metric(envoy: &Envoy, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    std::thread::sleep(wasm_tests::FILTER_TICK * 2);
     let want: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

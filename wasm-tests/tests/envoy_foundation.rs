@@ -8,7 +8,7 @@ fn upstream() -> Server {
 }
 
 #[test]
-fn stamps_every_response_with_its_version() {
+fn stamps_every_response_with_its_version_when_configured_to() {
     let up = upstream();
     let envoy = Envoy::start(&config_file("test.yaml"), up.port(), 1);
     let r = envoy.get("/fhir/metadata", &[]);

@@ -44,6 +44,8 @@ fn start() -> (Idp, Server, Envoy) {
     let (idp, up) = (Idp::start(default_jwks()), upstream());
     let mut config = plugin_config();
     config["public_paths"] = json!(["/fhir/metadata", "/unrouted"]);
+    // Every answer, the filter's and Envoy's rewritten ones, shows the filter was in the path.
+    config["version_header"] = json!(true);
     let yaml = with_plugin_config(&config_file("test-local-replies.yaml"), &config);
     let envoy = Envoy::start(&yaml, up.port(), idp.port());
     (idp, up, envoy)

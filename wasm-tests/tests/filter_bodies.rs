@@ -214,7 +214,9 @@ fn form_searches_are_checked_as_the_get_search_before_anything_is_forwarded() {
             }
         }
     }
-    // Allowed requests are counted once their body decided, refused ones as refused.
+    // Allowed requests are counted once their body decided, refused ones as refused (counters
+    // reach the host on the filter's next tick).
+    host.advance(wasm_tests::FILTER_TICK);
     assert_eq!(
         host.metric("smart_fhir_edge.requests_total.decision.allow.reason.allowed"),
         Some(3)
@@ -464,6 +466,7 @@ fn a_read_of_another_patients_resource_never_reaches_the_client() {
         assert_eq!(audit["decision"], "deny", "{response_denial}");
         assert_eq!(audit["status"], status);
         assert_eq!(audit["upstream_status"], 200);
+        host.advance(wasm_tests::FILTER_TICK);
         assert_eq!(
             host.metric("smart_fhir_edge.response_checks_total.outcome.refused"),
             Some(1)
@@ -531,6 +534,7 @@ fn searchsets_lose_other_patients_entries_with_total_fixed_and_an_outcome_entry(
         r.header("content-length"),
         Some(r.body.len().to_string().as_str())
     );
+    host.advance(wasm_tests::FILTER_TICK);
     assert_eq!(
         host.metric("smart_fhir_edge.response_checks_total.outcome.filtered"),
         Some(1)

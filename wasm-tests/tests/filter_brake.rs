@@ -118,6 +118,7 @@ fn an_app_over_the_patient_threshold_is_refused_for_the_cool_down_and_others_con
     for p in ["p1", "p2", "p3"] {
         read(&vm, &format!("/fhir/Patient/{p}"), &b).unwrap_or_else(|r| panic!("{r:#?}"));
     }
+    host.advance(wasm_tests::FILTER_TICK);
     assert_eq!(host.metric(TRIPPED), Some(1));
     assert_eq!(host.metric(REFUSED), Some(2));
     assert_eq!(

@@ -162,7 +162,9 @@ fn assert_unavailable(r: &Response) {
     assert_eq!(operation_outcome(r).0, "transient");
 }
 
+/// A counter's value once the filter's next tick has sent the request counters.
 fn metric(host: &Host, name: &str) -> u64 {
+    host.advance(wasm_tests::FILTER_TICK);
     host.metric(&format!("smart_fhir_edge.{name}")).unwrap_or(0)
 }
 

@@ -34,8 +34,14 @@ fn envoy_host() -> Host {
 }
 
 fn config() -> String {
+    config_stamped(false)
+}
+
+/// The configuration, with responses stamped with the filter's version or not (`version_header`).
+fn config_stamped(version_header: bool) -> String {
     json!({
         "fhir_base": "/fhir",
+        "version_header": version_header,
         "providers": [{
             "issuer": ISS,
             "audiences": [AUD],
@@ -62,6 +68,15 @@ fn observation_search(vm: &Vm, token: &str) -> wasm_tests::Stream {
     vm.get(
         "/fhir/Observation?patient=123",
         &[("authorization", &format!("Bearer {token}"))],
+    )
+}
+
+/// The upstream answers the search with an empty searchset.
+fn respond_searchset(s: &wasm_tests::Stream) -> Outcome {
+    s.respond(
+        200,
+        &[("content-type", "application/fhir+json")],
+        SEARCHSET.as_bytes(),
     )
 }
 
@@ -114,7 +129,9 @@ fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_vers
                 b = b.without_foreign_function("verify_signature");
             }
             let host = b.build().unwrap_or_else(|e| panic!("{e}"));
-            let vm = host.vm_with_config(config()).unwrap_or_else(|e| panic!("{e}"));
+            let vm = host
+                .vm_with_config(config_stamped(true))
+                .unwrap_or_else(|e| panic!("{e}"));
             serve_keys(&host);
             let s = observation_search(&vm, &token(signer));
             let case = format!("{signer:?}, Envoy verifier: {with_envoy_verifier}");
@@ -127,11 +144,7 @@ fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_vers
                 Some("/fhir/Observation?patient=123"),
                 "{case}"
             );
-            let out = s.respond(
-                200,
-                &[("content-type", "application/fhir+json")],
-                SEARCHSET.as_bytes(),
-            );
+            let out = respond_searchset(&s);
             let r = out.expect_responded();
             assert_eq!(
                 r.header("x-smart-fhir-edge"),
@@ -140,6 +153,36 @@ fn a_verified_request_passes_once_the_keys_arrive_and_the_response_gets_the_vers
             );
             assert_eq!(r.body_text(), SEARCHSET, "{case}");
         }
+    }
+}
+
+#[test]
+fn responses_carry_the_version_stamp_only_when_the_configuration_asks() {
+    for stamped in [false, true] {
+        let host = envoy_host();
+        let vm = host
+            .vm_with_config(config_stamped(stamped))
+            .unwrap_or_else(|e| panic!("{e}"));
+        serve_keys(&host);
+        let want = stamped.then(filter_version);
+        let s = observation_search(&vm, &token(Signer::RsaA));
+        s.send_headers(true).expect_continued();
+        let out = respond_searchset(&s);
+        let upstream = out.expect_responded();
+        assert_eq!(
+            upstream.header("x-smart-fhir-edge"),
+            want.as_deref(),
+            "upstream answer, stamped: {stamped}"
+        );
+        let refused = vm.get("/fhir/Patient/123", &[]);
+        let out = refused.send_headers(true);
+        let reply = out.expect_local_reply();
+        assert_eq!(reply.status, 401, "stamped: {stamped}");
+        assert_eq!(
+            reply.header("x-smart-fhir-edge"),
+            want.as_deref(),
+            "refusal, stamped: {stamped}"
+        );
     }
 }
 
@@ -272,4 +315,64 @@ fn many_streams_keep_the_linear_memory_bounded() {
         "streams that ended leave nothing behind"
     );
     assert_eq!(vm.live_streams(), 0);
+}
+
+/// The host calls of one request through `vm` (headers, response, end of stream), by import name.
+fn calls_of_one_read(vm: &Vm, authorization: &str) -> std::collections::BTreeMap<String, u64> {
+    let before = vm.host_calls();
+    let s = vm.get("/fhir/Patient/123", &[("authorization", authorization)]);
+    s.send_headers(true).expect_continued();
+    s.respond(
+        200,
+        &[("content-type", "application/fhir+json")],
+        br#"{"resourceType":"Patient","id":"123"}"#,
+    )
+    .expect_responded();
+    vm.host_calls()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let n = v - before.get(&k).copied().unwrap_or(0);
+            (n > 0).then_some((k, n))
+        })
+        .collect()
+}
+
+#[test]
+fn the_bench_host_calls_module_makes_exactly_the_host_calls_of_a_cache_hit() {
+    // The bench's token and request (envoy/bench): a patient launch reading its own Patient.
+    let mut claims = test_support::good_claims();
+    claims["scope"] = json!("launch/patient openid fhirUser patient/*.rs");
+    claims["fhirUser"] = json!("Patient/123");
+    claims.as_object_mut().map(|c| c.remove("encounter"));
+    let bearer = format!(
+        "Bearer {}",
+        test_support::mint(Algorithm::RS256, Signer::RsaA, &claims)
+    );
+    let host = envoy_host();
+    let vm = host.vm_with_config(config()).unwrap_or_else(|e| panic!("{e}"));
+    serve_keys(&host);
+    calls_of_one_read(&vm, &bearer);
+    let filter = calls_of_one_read(&vm, &bearer);
+    assert!(
+        !filter.contains_key("proxy_increment_metric"),
+        "counters wait for the tick: {filter:?}"
+    );
+
+    let text = std::fs::read_to_string(wasm_tests::workspace_root().join("envoy/bench/host-calls.wat"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wat_host = Host::builder()
+        .wat(&text)
+        .allow_on_headers_stop_iteration(true)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wat_vm = wat_host.vm_with_config("").unwrap_or_else(|e| panic!("{e}"));
+    let reference = calls_of_one_read(&wat_vm, "Bearer x");
+    assert!(
+        reference.contains_key("proxy_get_header_map_pairs"),
+        "{reference:?}"
+    );
+    assert_eq!(
+        filter, reference,
+        "envoy/bench/host-calls.wat must make the filter's cache-hit calls"
+    );
 }
