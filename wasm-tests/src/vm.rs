@@ -433,6 +433,15 @@ impl VmInner {
         };
     }
 
+    /// `proxy_on_done` on the root context (Envoy ending the VM); the module's answer (true: done).
+    pub(crate) fn root_done(&mut self) -> Option<bool> {
+        let root = self.store.data().root_id;
+        let f = self.exports.on_done.clone()?;
+        let done = self.guest_call("proxy_on_done", root, |s| f.call(s, root));
+        self.run_after_call();
+        done.map(|d| d != 0)
+    }
+
     pub(crate) fn fire_scheduled_tick(&mut self) {
         self.tick();
     }
@@ -546,6 +555,14 @@ impl Vm {
     pub fn tick(&self) {
         self.cell.borrow_mut().tick();
         self.host.drain_events();
+    }
+
+    /// Envoy ending this VM (the plugin removed or replaced): `proxy_on_done` on its root context.
+    /// Returns whether the module said it is done (`None`: it exports no `proxy_on_done`, or failed).
+    pub fn shutdown(&self) -> Option<bool> {
+        let done = self.cell.borrow_mut().root_done();
+        self.host.drain_events();
+        done
     }
 
     /// The tick period the module set, if any.

@@ -376,3 +376,25 @@ fn the_bench_host_calls_module_makes_exactly_the_host_calls_of_a_cache_hit() {
         "envoy/bench/host-calls.wat must make the filter's cache-hit calls"
     );
 }
+
+#[test]
+fn request_counters_reach_the_host_on_the_tick_and_when_the_vm_ends() {
+    let host = envoy_host();
+    let vm = host.vm_with_config(config()).unwrap_or_else(|e| panic!("{e}"));
+    serve_keys(&host);
+    let allowed = "smart_fhir_edge.requests_total.decision.allow.reason.allowed";
+    let refused = "smart_fhir_edge.requests_total.decision.deny.reason.missing_token";
+    let s = observation_search(&vm, &token(Signer::RsaA));
+    s.send_headers(true).expect_continued();
+    respond_searchset(&s).expect_responded();
+    assert_eq!(host.metric(allowed).unwrap_or(0), 0, "not per request");
+    host.advance(wasm_tests::FILTER_TICK);
+    assert_eq!(host.metric(allowed), Some(1), "sent on the tick");
+    // Counted after the last tick, then the VM ends: nothing is lost.
+    let r = vm.get("/fhir/Patient/123", &[]);
+    assert_eq!(r.send_headers(true).expect_local_reply().status, 401);
+    assert_eq!(host.metric(refused).unwrap_or(0), 0);
+    assert_eq!(vm.shutdown(), Some(true));
+    assert_eq!(host.metric(refused), Some(1), "sent when the VM ends");
+    assert_eq!(host.metric(allowed), Some(1));
+}
