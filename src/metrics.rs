@@ -250,7 +250,8 @@ impl Metrics {
     }
 
     /// Whether increments wait for [`Metrics::flush`].
-    pub fn has_pending(&self) -> bool {
+    #[cfg(test)]
+    fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 

@@ -220,11 +220,15 @@ pub fn remove_header(map: MapType, name: &str) {
     let _ = hostcalls::remove_map_value(map, name);
 }
 
-/// Sends a local reply; logs (and leaves the stream paused, which Envoy times out) if the host
-/// refuses.
-pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) {
+/// Sends a local reply, stamped with `x-smart-fhir-edge: <version>` when `version_header` asks;
+/// logs (and leaves the stream paused, which Envoy times out) if the host refuses.
+pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8], version_header: bool) {
     let body = if body.is_empty() { None } else { Some(body) };
-    if let Err(s) = hostcalls::send_http_response(u32::from(status), headers.to_vec(), body) {
+    let mut headers = headers.to_vec();
+    if version_header {
+        headers.push(("x-smart-fhir-edge", crate::VERSION));
+    }
+    if let Err(s) = hostcalls::send_http_response(u32::from(status), headers, body) {
         log::error!("smart-fhir-edge: cannot send the local reply: {s:?}");
     }
 }

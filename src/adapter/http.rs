@@ -165,9 +165,6 @@ impl Stream {
             .render(format);
         let retry = r.retry_after.map(|s| s.to_string());
         let mut headers: Vec<(&str, &str)> = vec![("content-type", format.content_type())];
-        if state.version_header {
-            headers.push(("x-smart-fhir-edge", crate::VERSION));
-        }
         if let Some(w) = &r.www_authenticate {
             headers.push(("www-authenticate", w));
         }
@@ -180,7 +177,7 @@ impl Stream {
         } else {
             body.into_bytes()
         };
-        host::send_reply(r.status, &headers, &body);
+        host::send_reply(r.status, &headers, &body, state.version_header);
     }
 
     /// Decides (or decides again) and acts. Returns what the header callback should return.
@@ -310,12 +307,12 @@ impl Stream {
                 } else {
                     r.body.into_bytes()
                 };
-                let stamp = [
-                    ("content-type", r.content_type),
-                    ("x-smart-fhir-edge", crate::VERSION),
-                ];
-                let headers = if s.version_header { &stamp[..] } else { &stamp[..1] };
-                host::send_reply(r.status, headers, &body);
+                host::send_reply(
+                    r.status,
+                    &[("content-type", r.content_type)],
+                    &body,
+                    s.version_header,
+                );
                 Action::Pause
             }
             Decision::AwaitKeys {
@@ -616,20 +613,17 @@ impl Stream {
             ResponseVerdict::Replace(body) if at_trailers => {
                 // The body buffer is not writable here: answer anew with the filtered body.
                 let content_type = held.content_type.as_deref().unwrap_or("application/fhir+json");
-                let stamp = [
-                    ("content-type", content_type),
-                    ("x-smart-fhir-edge", crate::VERSION),
-                ];
-                let headers = {
+                let version_header = {
                     let mut s = self.state.borrow_mut();
                     s.replied_locally = true;
-                    if s.version_header {
-                        &stamp[..]
-                    } else {
-                        &stamp[..1]
-                    }
+                    s.version_header
                 };
-                host::send_reply(held.status, headers, body.as_bytes());
+                host::send_reply(
+                    held.status,
+                    &[("content-type", content_type)],
+                    body.as_bytes(),
+                    version_header,
+                );
                 self.write_audit(Some(held.status), true, None);
                 Action::Pause
             }
@@ -805,11 +799,8 @@ impl HttpContext for Stream {
             }
             let mut refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             refs.push(("content-type", format.content_type()));
-            if s.version_header {
-                refs.push(("x-smart-fhir-edge", crate::VERSION));
-            }
             s.replied_locally = true;
-            host::send_reply(status, &refs, body.as_bytes());
+            host::send_reply(status, &refs, body.as_bytes(), s.version_header);
             return Action::Pause;
         }
         // The replacement is known now, so Content-Length is set now; the original body is then

@@ -97,6 +97,15 @@ pub struct Root {
 }
 
 impl Root {
+    /// Sends the VM's request counters not yet handed to Envoy (they go out on each tick).
+    fn flush_metrics(&self) {
+        if let Some(vm) = &self.vm {
+            if let Ok(mut v) = vm.try_borrow_mut() {
+                v.metrics.flush(&mut HostMetrics);
+            }
+        }
+    }
+
     pub fn new(context_id: u32) -> Root {
         Root {
             context_id,
@@ -468,11 +477,7 @@ fn response_status() -> u16 {
 impl Context for Root {
     /// The VM is going away: the counts not yet sent go out.
     fn on_done(&mut self) -> bool {
-        if let Some(vm) = &self.vm {
-            if let Ok(mut v) = vm.try_borrow_mut() {
-                v.metrics.flush(&mut HostMetrics);
-            }
-        }
+        self.flush_metrics();
         true
     }
 
@@ -682,11 +687,7 @@ impl RootContext for Root {
             }
         }
         // A reconfiguration replaces the VM state: its counts not yet sent go out first.
-        if let Some(old) = &self.vm {
-            if let Ok(mut v) = old.try_borrow_mut() {
-                v.metrics.flush(&mut HostMetrics);
-            }
-        }
+        self.flush_metrics();
         let mut metrics = Metrics::default();
         metrics.predefine(&mut HostMetrics, c.providers.len(), c.audit.audit_event.is_some());
         let audit_queue = c.audit.audit_event.as_ref().map(AuditQueue::new);

@@ -645,17 +645,45 @@ fn assert_healthy(envoy: &Envoy, up: &Server, auth: &str, created_at_start: u64,
     assert_eq!(up.request_count(), before + 1);
 }
 
-fn run(attacks: Vec<Attack>) {
+/// The stack the attacks run against: the IdP, the FHIR upstream, Envoy with the filter (default
+/// configuration), and a token for patient 123's data, warmed up (keys fetched, a read allowed).
+struct Warm {
+    /// Kept for the test's whole run (a pattern's `..` would drop it at once).
+    idp: Idp,
+    up: Server,
+    envoy: Envoy,
+    auth: String,
+    /// Envoy's count of the filter's VMs created so far.
+    created: u64,
+}
+
+fn warm_stack() -> Warm {
     let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
     let envoy = envoy(&plugin_config(), &up, idp.port());
     let auth = bearer(&token(&claims("patient/*.rs", Some("123"))));
-    // Warm up: keys fetched, VM counted.
     assert_eq!(
         envoy.get("/fhir/Patient/123", &[("authorization", &auth)]).status,
         200
     );
     let created = vms_created(&envoy);
     assert!(created >= 1, "Envoy counts the filter's VMs");
+    Warm {
+        idp,
+        up,
+        envoy,
+        auth,
+        created,
+    }
+}
+
+fn run(attacks: Vec<Attack>) {
+    let Warm {
+        up,
+        envoy,
+        auth,
+        created,
+        idp: _idp,
+    } = warm_stack();
     let mut failures = vec![];
     for a in &attacks {
         let before = up.request_count();
@@ -683,16 +711,13 @@ fn run(attacks: Vec<Attack>) {
 
 #[test]
 fn smuggled_searches_are_forwarded_confined_and_filtered() {
-    let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
-    let envoy = envoy(&plugin_config(), &up, idp.port());
-    let auth = bearer(&token(&claims("patient/*.rs", Some("123"))));
-    let created = {
-        assert_eq!(
-            envoy.get("/fhir/Patient/123", &[("authorization", &auth)]).status,
-            200
-        );
-        vms_created(&envoy)
-    };
+    let Warm {
+        up,
+        envoy,
+        auth,
+        created,
+        idp: _idp,
+    } = warm_stack();
     for (path, confinement) in CONFINED {
         let r = envoy.get(path, &[("authorization", &auth)]);
         assert_eq!(r.status, 200, "{path}: {}", r.body_str());
@@ -736,14 +761,13 @@ fn header_values_that_are_not_utf8_neither_stop_the_filter_nor_get_through_unche
     // Envoy passes obs-text bytes (0x80-0xff) in header values; the proxy-wasm SDK's own header
     // reader panics on them, which stopped the VM (every later request 503) before the adapter read
     // header maps itself.
-    let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
-    let envoy = envoy(&plugin_config(), &up, idp.port());
-    let auth = bearer(&token(&claims("patient/*.rs", Some("123"))));
-    assert_eq!(
-        envoy.get("/fhir/Patient/123", &[("authorization", &auth)]).status,
-        200
-    );
-    let created = vms_created(&envoy);
+    let Warm {
+        up,
+        envoy,
+        auth,
+        created,
+        idp: _idp,
+    } = warm_stack();
     let auth_line = format!("authorization: {auth}");
 
     // A Latin-1 value in an unrelated header: decided as usual, allowed, forwarded.

@@ -74,15 +74,7 @@ fn start() -> (Idp, Server, Envoy) {
     let (idp, up) = (Idp::start(default_jwks()), cacheable_upstream());
     // The cache keys on x-smart-identity, which is forwarded only when asked for.
     let mut config = plugin_config();
-    config["forward_headers"] = serde_json::json!([
-        "x-smart-patient",
-        "x-smart-scope",
-        "x-smart-client-id",
-        "x-smart-sub",
-        "x-smart-fhir-user",
-        "x-smart-encounter",
-        "x-smart-identity"
-    ]);
+    config["forward_headers"] = serde_json::json!(smart_fhir_edge::config::FORWARDABLE_HEADERS);
     let yaml = with_plugin_config(&config_file("cache.yaml"), &config);
     let envoy = Envoy::start(&yaml, up.port(), idp.port());
     (idp, up, envoy)
