@@ -645,19 +645,11 @@ fn assert_healthy(envoy: &Envoy, up: &Server, auth: &str, created_at_start: u64,
     assert_eq!(up.request_count(), before + 1);
 }
 
-/// The stack the attacks run against: the IdP, the FHIR upstream, Envoy with the filter (default
-/// configuration), and a token for patient 123's data, warmed up (keys fetched, a read allowed).
-struct Warm {
-    /// Kept for the test's whole run (a pattern's `..` would drop it at once).
-    idp: Idp,
-    up: Server,
-    envoy: Envoy,
-    auth: String,
-    /// Envoy's count of the filter's VMs created so far.
-    created: u64,
-}
-
-fn warm_stack() -> Warm {
+/// The stack the attacks run against, warmed up (keys fetched, a read allowed): the IdP (kept for
+/// the test's whole run), the FHIR upstream, Envoy with the filter (default configuration), a
+/// token for patient 123's data as an `Authorization` value, and Envoy's count of the filter's VMs
+/// created so far.
+fn warm_stack() -> (Idp, Server, Envoy, String, u64) {
     let (idp, up) = (Idp::start(default_jwks()), fhir_upstream());
     let envoy = envoy(&plugin_config(), &up, idp.port());
     let auth = bearer(&token(&claims("patient/*.rs", Some("123"))));
@@ -667,23 +659,11 @@ fn warm_stack() -> Warm {
     );
     let created = vms_created(&envoy);
     assert!(created >= 1, "Envoy counts the filter's VMs");
-    Warm {
-        idp,
-        up,
-        envoy,
-        auth,
-        created,
-    }
+    (idp, up, envoy, auth, created)
 }
 
 fn run(attacks: Vec<Attack>) {
-    let Warm {
-        up,
-        envoy,
-        auth,
-        created,
-        idp: _idp,
-    } = warm_stack();
+    let (_idp, up, envoy, auth, created) = warm_stack();
     let mut failures = vec![];
     for a in &attacks {
         let before = up.request_count();
@@ -711,13 +691,7 @@ fn run(attacks: Vec<Attack>) {
 
 #[test]
 fn smuggled_searches_are_forwarded_confined_and_filtered() {
-    let Warm {
-        up,
-        envoy,
-        auth,
-        created,
-        idp: _idp,
-    } = warm_stack();
+    let (_idp, up, envoy, auth, created) = warm_stack();
     for (path, confinement) in CONFINED {
         let r = envoy.get(path, &[("authorization", &auth)]);
         assert_eq!(r.status, 200, "{path}: {}", r.body_str());
@@ -761,13 +735,7 @@ fn header_values_that_are_not_utf8_neither_stop_the_filter_nor_get_through_unche
     // Envoy passes obs-text bytes (0x80-0xff) in header values; the proxy-wasm SDK's own header
     // reader panics on them, which stopped the VM (every later request 503) before the adapter read
     // header maps itself.
-    let Warm {
-        up,
-        envoy,
-        auth,
-        created,
-        idp: _idp,
-    } = warm_stack();
+    let (_idp, up, envoy, auth, created) = warm_stack();
     let auth_line = format!("authorization: {auth}");
 
     // A Latin-1 value in an unrelated header: decided as usual, allowed, forwarded.
